@@ -1,0 +1,53 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Both create the virtual environment and install what they need first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+
+.PHONY: run test install install-dev vendor migrate lint mock bench-storage
+
+run: install vendor
+	@test -f .env || (cp .env-sample .env && echo "created .env from .env-sample")
+	$(PY) -m scripts.serve
+
+test: install-dev vendor
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Re-install only when pyproject.toml changes.
+$(VENV)/.stamp-runtime: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(PY)
+	$(PIP) install -q -e '.[dev]'
+	touch $@ $(VENV)/.stamp-runtime
+
+install: $(VENV)/.stamp-runtime
+install-dev: $(VENV)/.stamp-dev
+
+# JavaScript libraries of the chat page, pinned in package-lock.json, copied into web/static/vendor.
+vendor: web/static/vendor/.stamp
+
+web/static/vendor/.stamp: package-lock.json package.json scripts/vendor_js.py | $(PY)
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	$(PY) -m scripts.vendor_js
+	touch $@
+
+migrate: install
+	$(PY) -m storage.migrate upgrade
+
+mock: install
+	$(PY) -m scripts.mock_upstream --port 8001
+
+lint: install-dev
+	$(VENV)/bin/ruff check core storage chat_actors web scripts tests
+	$(VENV)/bin/mypy core storage chat_actors web
+
+bench-storage: install-dev
+	$(PY) -m scripts.bench_storage

@@ -1,0 +1,119 @@
+"""The session registry: finds or starts the session actor of a (user, room).
+
+Session actors run under a ``DynamicSupervisor`` as *transient* children: a crash restarts the
+session (it reloads its context from Redis; the attached sockets live in its ``SessionSlot`` and
+stay attached), a normal stop (idle, room deleted) ends it for good.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+
+import trio
+
+from chat_actors.actor import ActorRef
+from chat_actors.outbox import Outbox
+from chat_actors.session import (
+    Attach,
+    CrashForTest,
+    Detach,
+    SessionActor,
+    SessionKey,
+    SessionMsg,
+    SessionSlot,
+    SessionSnapshot,
+    Snapshot,
+    UserInput,
+)
+from chat_actors.session_deps import SessionDeps
+from chat_actors.supervisor import ChildSpec, DynamicSupervisor, Restart
+from core.errors import ActorDead
+
+log = logging.getLogger("chat.registry")
+
+SessionRef = ActorRef[SessionMsg]
+
+
+class SessionRegistry:
+    def __init__(self, deps: SessionDeps, *, test_hooks: bool = False,
+                 mailbox_size: int = 64) -> None:
+        self.deps = deps
+        self._test_hooks = test_hooks
+        self._mailbox_size = mailbox_size
+        self._sup: DynamicSupervisor[SessionMsg] = DynamicSupervisor(
+            max_restarts=3, max_seconds=10.0, on_crash=self._on_crash)
+
+    async def run(self, *, task_status: trio.TaskStatus[SessionRegistry] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run the session supervisor; ``nursery.start(registry.run)`` returns when ready."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._sup.run)
+            task_status.started(self)
+
+    async def stop(self) -> None:
+        await self._sup.stop()
+
+    def _on_crash(self, key: Hashable, exc: BaseException) -> None:
+        log.error("session %s crashed: %r", key, exc)
+
+    def _spec(self, key: SessionKey) -> ChildSpec[SessionMsg]:
+        slot = SessionSlot(key)
+        return ChildSpec(
+            key=key,
+            factory=lambda: SessionActor(slot, self.deps),
+            restart=Restart.TRANSIENT,
+            mailbox_size=self._mailbox_size,
+        )
+
+    async def session(self, user_id: int, room: str) -> SessionRef:
+        """Get or start the session actor of (user, room)."""
+        key = SessionKey(user_id, room)
+        ref = self._sup.get(key)
+        if ref is None:
+            ref = await self._sup.start_child(self._spec(key))
+        return ref
+
+    async def attach(self, user_id: int, room: str, outbox: Outbox) -> SessionRef:
+        """Attach a socket's outbox; the session pushes the init frame into it."""
+        for _ in range(3):
+            ref = await self.session(user_id, room)
+            try:
+                await ref.call(Attach(outbox))
+                return ref
+            except ActorDead:
+                await trio.sleep(0)  # it was stopping (idle): start a fresh one
+        raise ActorDead(f"session {user_id}/{room} could not be started")
+
+    @staticmethod
+    async def detach(ref: SessionRef, outbox: Outbox) -> None:
+        """Best effort, safe in ``finally`` (the session also drops closed outboxes)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await ref.cast(Detach(outbox.id))
+            except ActorDead:
+                pass
+
+    @staticmethod
+    async def send(ref: SessionRef, outbox: Outbox, text: str, translate: bool = False) -> None:
+        await ref.cast(UserInput(outbox.id, text, translate))
+
+    async def stop_session(self, user_id: int, room: str) -> None:
+        await self._sup.terminate_child(SessionKey(user_id, room))
+
+    async def snapshot(self, user_id: int, room: str) -> SessionSnapshot:
+        ref = await self.session(user_id, room)
+        return await ref.call(Snapshot())
+
+    async def crash_for_test(self, user_id: int, room: str) -> None:
+        """The test-only fault hook; refused unless the registry was built with test hooks."""
+        if not self._test_hooks:
+            raise PermissionError("test hooks are disabled")
+        ref = await self.session(user_id, room)
+        await ref.cast(CrashForTest())
+
+    def keys_of(self, user_id: int) -> list[SessionKey]:
+        return [k for k in self._sup.keys() if isinstance(k, SessionKey) and k.user_id == user_id]
+
+    def __len__(self) -> int:
+        return len(self._sup)

@@ -1,0 +1,56 @@
+"""What every session actor shares: settings, the context store, the upstream, the commands."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from core.settings import Settings
+from storage.context_store import ContextStore
+
+if TYPE_CHECKING:
+    from chat_actors.session import SessionActor
+    from chat_actors.upstream import ChatRequest
+
+
+class Upstream(Protocol):
+    async def stream(self, request: ChatRequest, on_delta: DeltaSink) -> object: ...
+
+
+class DeltaSink(Protocol):
+    async def __call__(self, delta: str) -> None: ...
+
+
+class CommandRunner(Protocol):
+    def is_immediate(self, text: str) -> bool:
+        """True for commands that may run while an answer streams (read-only ones)."""
+
+    async def run(self, session: SessionActor, outbox_id: int, text: str) -> None: ...
+
+
+class RoomHooks(Protocol):
+    async def touched(self, user_id: int, room: str) -> None: ...
+
+    async def deleted(self, user_id: int, room: str) -> None: ...
+
+
+class Translator(Protocol):
+    async def __call__(self, session: SessionActor, outbox_id: int, text: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class SessionDeps:
+    settings: Settings
+    store: ContextStore
+    upstream: Upstream
+    commands: CommandRunner
+    translate: Translator
+    rooms: RoomHooks
+
+    def opaque_user_id(self, user_id: int) -> str:
+        """What the upstream sees instead of the user's email: a keyed hash of the id."""
+        digest = hmac.new(self.settings.jwt_secret.encode(), str(user_id).encode(),
+                          hashlib.sha256).hexdigest()
+        return f"u-{digest[:24]}"

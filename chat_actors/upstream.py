@@ -1,0 +1,247 @@
+"""Streams answers from any OpenAI-compatible ``/v1/chat/completions`` (``stream: true``).
+
+Usage::
+
+    async with open_upstream(settings) as upstream:
+        info = await upstream.stream(ChatRequest(model, messages, user=opaque_id), send_delta)
+
+``send_delta`` is awaited with each text delta in order; the caller owns the text (on an error
+after some deltas it keeps what it got). Cancel the caller's scope to stop: the HTTP response is
+closed at once and the upstream sees the connection close.
+
+- Pool: one-connection ``httpx.AsyncClient``s checked out per request (``upstream_pool``
+  explains why this beats N shared clients); up to ``128 * upstream_clients`` idle clients
+  (1,024 by default) keep their keep-alive connection warm.
+- Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
+  (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; the time
+  spent inside ``send_delta`` does not count) → ``UpstreamTimeout``.
+- Retries, only while the current HTTP request has delivered no delta: connect / transport
+  errors, 429 (``Retry-After`` honoured, capped at ``upstream_retry_after_cap``, default 8 s) and
+  5xx, at most ``upstream_retries`` times, exponential backoff with jitter. Exhausted 429s →
+  ``UpstreamRateLimited``; other failures → ``UpstreamError``; timeouts are not retried.
+- ``finish_reason: "length"``: the request is repeated with the text so far appended as the last
+  (assistant) message, and the upstream's next text is appended to it, at most
+  ``upstream_max_continuations`` times; then ``FinishInfo.finish_reason == "length"``.
+  (The mock upstream implements exactly this protocol; real models treat the trailing assistant
+  message as a prefix to continue, best effort.)
+- ``finish_reason: "content_filter"`` → ``UpstreamContentFilter``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from functools import partial
+
+import httpx
+import httpx_sse
+import trio
+
+from chat_actors.upstream_pool import ClientPool
+from chat_actors.upstream_types import (
+    ChatRequest,
+    FinishInfo,
+    backoff_delay,
+    parse_chunk,
+    retry_after_seconds,
+)
+from core.errors import UpstreamContentFilter, UpstreamError, UpstreamRateLimited, UpstreamTimeout
+from core.settings import Settings
+
+__all__ = ["ChatRequest", "FinishInfo", "SendDelta", "UpstreamClient", "open_upstream"]
+
+SendDelta = Callable[[str], Awaitable[None]]
+_SSE_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+_DONE_GRACE = 1.0  # after [DONE], how long the end of the body may take (keeps keep-alive)
+
+
+class _Failed(Exception):
+    """One HTTP attempt failed with ``error``; ``retryable`` if nothing of it was delivered."""
+
+    def __init__(self, error: UpstreamError, retryable: bool, retry_after: float | None = None):
+        super().__init__(str(error))
+        self.error, self.retryable, self.retry_after = error, retryable, retry_after
+
+
+class UpstreamClient:
+    """Streams answers over a pool of httpx clients; see the module docstring."""
+
+    def __init__(
+        self,
+        pool: ClientPool,
+        settings: Settings,
+        *,
+        retry_after_cap: float | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._in_flight = 0
+        self._url = settings.openai_base_url.rstrip("/") + "/chat/completions"
+        self._first_byte = settings.upstream_first_byte_timeout
+        self._gap = settings.upstream_chunk_gap_timeout
+        self._retries = settings.upstream_retries
+        self._backoff_base = settings.upstream_backoff_base
+        self._max_continuations = settings.upstream_max_continuations
+        if retry_after_cap is None:
+            retry_after_cap = float(getattr(settings, "upstream_retry_after_cap", 8.0))
+        self._retry_after_cap = retry_after_cap
+        self._rng = rng or random.Random()
+
+    @property
+    def in_flight(self) -> int:
+        """Answers being streamed right now (for metrics)."""
+        return self._in_flight
+
+    @property
+    def requests_in_flight(self) -> int:
+        """HTTP requests to the upstream in flight right now (retries and continuations too)."""
+        return self._pool.busy
+
+    @property
+    def idle_connections(self) -> int:
+        """Pooled clients waiting with (usually) a keep-alive connection."""
+        return self._pool.idle
+
+    async def stream(self, request: ChatRequest, send_delta: SendDelta) -> FinishInfo:
+        """Stream one answer into ``send_delta``; return how it finished."""
+        self._in_flight += 1
+        try:
+            parts: list[str] = []
+            retries = continuations = 0
+            while True:
+                finish, used = await self._request(request.payload("".join(parts)), parts,
+                                                   send_delta)
+                retries += used
+                if finish == "length" and continuations < self._max_continuations:
+                    continuations += 1
+                    continue
+                if finish == "content_filter":
+                    raise UpstreamContentFilter("the upstream's content filter stopped the answer")
+                return FinishInfo("".join(parts), finish, continuations, retries)
+        finally:
+            self._in_flight -= 1
+
+    async def complete(self, request: ChatRequest) -> FinishInfo:
+        """The whole answer at once (``FinishInfo.text``), streamed underneath."""
+
+        async def ignore(_: str) -> None:
+            pass
+
+        return await self.stream(request, ignore)
+
+    async def _request(
+        self, payload: dict[str, object], parts: list[str], send_delta: SendDelta
+    ) -> tuple[str, int]:
+        """One request with its retries: (finish_reason, retries used)."""
+        attempt = 0
+        while True:
+            delivered = len(parts)
+            try:
+                async with self._pool.checkout() as client:
+                    finish = await self._attempt(client, payload, parts, send_delta)
+                return finish, attempt
+            except _Failed as failed:
+                if not failed.retryable or len(parts) > delivered or attempt >= self._retries:
+                    raise failed.error from failed.__cause__
+                delay = failed.retry_after
+                if delay is None:
+                    delay = backoff_delay(attempt, self._backoff_base, self._retry_after_cap,
+                                          self._rng)
+            attempt += 1
+            await trio.sleep(delay)
+
+    async def _attempt(
+        self,
+        client: httpx.AsyncClient,
+        payload: dict[str, object],
+        parts: list[str],
+        send_delta: SendDelta,
+    ) -> str:
+        """One HTTP request; returns its finish_reason or raises ``_Failed``."""
+        start = len(parts)
+        finish: str | None = None
+        done = False
+        with trio.CancelScope(deadline=trio.current_time() + self._first_byte) as scope:
+            try:
+                async with client.stream("POST", self._url, json=payload,
+                                         headers=_SSE_HEADERS) as response:
+                    if response.status_code != 200:
+                        raise await self._status_failure(response)
+                    events = httpx_sse.EventSource(response).aiter_sse()
+                    async with aclosing(events):
+                        async for event in events:
+                            if done:
+                                continue
+                            if event.data == "[DONE]":
+                                done = True
+                                scope.deadline = trio.current_time() + min(self._gap, _DONE_GRACE)
+                                continue
+                            chunk = parse_chunk(event.data)
+                            if chunk.delta:
+                                parts.append(chunk.delta)
+                                scope.deadline = math.inf
+                                await send_delta(chunk.delta)
+                            finish = chunk.finish_reason or finish
+                            scope.deadline = trio.current_time() + self._gap
+            except httpx.ConnectTimeout as exc:
+                raise _Failed(UpstreamTimeout(f"connect to the upstream timed out: {exc}"),
+                              True) from exc
+            except httpx.TimeoutException as exc:
+                raise _Failed(UpstreamTimeout(f"upstream timed out: {exc!r}"), False) from exc
+            except httpx.TransportError as exc:
+                error = UpstreamError(f"upstream connection failed: {exc!r}")
+                raise _Failed(error, True) from exc
+            except httpx_sse.SSEError as exc:
+                raise _Failed(UpstreamError(f"upstream did not stream: {exc}"), False) from exc
+            except UpstreamError as exc:
+                raise _Failed(exc, False) from exc
+        if scope.cancelled_caught and not done:
+            what = "first byte" if len(parts) == start else "next chunk"
+            raise _Failed(UpstreamTimeout(f"upstream timed out waiting for the {what}"), False)
+        if finish is None:
+            if not done:
+                raise _Failed(UpstreamError("upstream stream ended before finishing"), True)
+            finish = "stop"
+        return finish
+
+    async def _status_failure(self, response: httpx.Response) -> _Failed:
+        body = (await response.aread())[:300].decode("utf-8", "replace")
+        status = response.status_code
+        retry_after = retry_after_seconds(response.headers.get("retry-after"),
+                                          self._retry_after_cap)
+        if status == 429:
+            return _Failed(UpstreamRateLimited(f"upstream rate limited (429): {body}"), True,
+                           retry_after)
+        error = UpstreamError(f"upstream answered {status}: {body}")
+        return _Failed(error, status >= 500, retry_after if status >= 500 else None)
+
+
+def _make_client(settings: Settings, ssl_context: ssl.SSLContext) -> httpx.AsyncClient:
+    headers = {}
+    if settings.openai_api_key:
+        headers["Authorization"] = f"Bearer {settings.openai_api_key}"
+    connect = settings.upstream_connect_timeout
+    return httpx.AsyncClient(
+        headers=headers,
+        verify=ssl_context,
+        timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=None),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
+                            keepalive_expiry=30.0),
+    )
+
+
+@asynccontextmanager
+async def open_upstream(
+    settings: Settings, *, retry_after_cap: float | None = None
+) -> AsyncIterator[UpstreamClient]:
+    """The upstream client and its pool of httpx clients, closed on exit."""
+    ssl_context = httpx.create_ssl_context()  # once: building one costs ~0.1 s
+    pool = ClientPool(partial(_make_client, settings, ssl_context),
+                      max_idle=128 * settings.upstream_clients)
+    try:
+        yield UpstreamClient(pool, settings, retry_after_cap=retry_after_cap)
+    finally:
+        await pool.aclose()

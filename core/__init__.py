@@ -1,0 +1,1 @@
+"""Ground floor shared by every package: typed settings and the exception tree."""

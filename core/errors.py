@@ -1,0 +1,140 @@
+"""Every exception this project raises on purpose.
+
+    ChatServerError
+    ├── ConfigError                 a setting is missing or invalid (start-up stops)
+    ├── StorageError                anything from Redis / MariaDB, mapped at the storage boundary
+    │   ├── StorageUnavailable      cannot connect, connection lost, server restarting
+    │   ├── StorageTimeout          a statement or command ran past its bound
+    │   ├── StorageConflict         a unique / foreign-key constraint refused the write
+    │   └── StorageCorrupt          stored data is not in the documented layout
+    ├── ActorError
+    │   ├── ActorDead               the actor stopped (or crashed) before it could answer
+    │   └── MailboxFull             a bounded mailbox refused a cast
+    ├── UpstreamError               the OpenAI-compatible upstream failed
+    │   ├── UpstreamTimeout         connect / first byte / gap between chunks ran out
+    │   ├── UpstreamRateLimited     429 after the retries
+    │   └── UpstreamContentFilter   finish_reason == "content_filter"
+    └── ApiError                    an HTTP-facing error with status and stable code
+
+Driver exceptions are translated with ``raise OurError(...) from exc`` where they are caught,
+so callers above ``storage/`` never import redis, sqlalchemy or asyncmy.
+"""
+
+from __future__ import annotations
+
+
+class ChatServerError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(ChatServerError):
+    """A setting is missing or invalid."""
+
+
+class StorageError(ChatServerError):
+    """A storage operation failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached (down, restarting, connection lost)."""
+
+
+class StorageTimeout(StorageError):
+    """A statement or command exceeded its bound."""
+
+
+class StorageConflict(StorageError):
+    """A constraint (unique, foreign key) refused the write."""
+
+
+class StorageCorrupt(StorageError):
+    """Stored data does not follow the documented layout."""
+
+
+class ActorError(ChatServerError):
+    """An actor could not handle a message."""
+
+
+class ActorDead(ActorError):
+    """The actor stopped before it answered."""
+
+
+class MailboxFull(ActorError):
+    """The actor's bounded mailbox is full."""
+
+
+class UpstreamError(ChatServerError):
+    """The OpenAI-compatible upstream failed."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connect, first byte or the gap between chunks ran out."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream kept answering 429."""
+
+
+class UpstreamContentFilter(UpstreamError):
+    """The upstream stopped the answer with finish_reason == "content_filter"."""
+
+
+class ApiError(ChatServerError):
+    """An error the HTTP edge turns into ``{"status", "msg", "detail", "code"}``."""
+
+    def __init__(self, status: int, code: str, msg: str, detail: object = None) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.code = code
+        self.msg = msg
+        self.detail = detail
+
+
+class BudgetError(ChatServerError):
+    """A message cannot be answered within the model's token budget."""
+
+    code = "too_long"
+
+
+class MessageTooLong(BudgetError):
+    """One user message is over ``max_message_tokens`` or cannot fit beside the system messages."""
+
+    code = "too_long"
+
+    def __init__(self, msg: str, *, tokens: int, limit: int) -> None:
+        super().__init__(msg)
+        self.tokens = tokens
+        self.limit = limit
+
+
+class ContextOverflow(BudgetError):
+    """The system messages alone exceed what the model's window leaves for a prompt."""
+
+    code = "context_overflow"
+
+    def __init__(self, msg: str, *, tokens: int, limit: int) -> None:
+        super().__init__(msg)
+        self.tokens = tokens
+        self.limit = limit
+
+
+class CommandError(ChatServerError):
+    """A slash command could not be parsed or run; the message is shown to the user."""
+
+    code = "bad_argument"
+
+
+class UnknownCommand(CommandError):
+    """No command (or alias) has this name."""
+
+    code = "unknown_command"
+
+
+class BadArgument(CommandError):
+    """A command's arguments are missing, extra or out of range."""
+
+    code = "bad_argument"
+
+
+class SupervisorGaveUp(ActorError):
+    """A supervisor hit its restart intensity (more than R restarts in T seconds) and stopped."""

@@ -1,0 +1,158 @@
+"""One typed settings object, read from the environment and an optional ``.env`` file.
+
+Every field is documented in ``.env-sample``. ``load_settings()`` turns pydantic's validation
+report into one ``ConfigError`` line naming each bad setting, so start-up stops with a message a
+person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Annotated, Literal
+from urllib.parse import quote_plus
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.errors import ConfigError
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class ModelSpec(BaseModel):
+    """What the token budget needs to know of one model."""
+
+    context_window: int = Field(gt=0)
+    max_answer_tokens: int = Field(gt=0)
+
+
+DEFAULT_MODELS: dict[str, ModelSpec] = {
+    "gpt-4o": ModelSpec(context_window=128_000, max_answer_tokens=16_384),
+    "gpt-4o-mini": ModelSpec(context_window=128_000, max_answer_tokens=16_384),
+    "gpt-4.1": ModelSpec(context_window=1_047_576, max_answer_tokens=32_768),
+    "gpt-4.1-mini": ModelSpec(context_window=1_047_576, max_answer_tokens=32_768),
+    "gpt-4-turbo": ModelSpec(context_window=128_000, max_answer_tokens=4_096),
+    "gpt-4": ModelSpec(context_window=8_192, max_answer_tokens=4_096),
+    "gpt-3.5-turbo": ModelSpec(context_window=16_385, max_answer_tokens=4_096),
+    "o3-mini": ModelSpec(context_window=200_000, max_answer_tokens=100_000),
+    "mock-gpt": ModelSpec(context_window=8_192, max_answer_tokens=1_024),
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    api_env: Literal["local", "test", "prod"] = "local"
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # MariaDB / MySQL: either DATABASE_URL or the MYSQL_* parts.
+    database_url: str | None = None
+    mysql_host: str = "127.0.0.1"
+    mysql_port: int = Field(3306, ge=1, le=65535)
+    mysql_user: str = "root"
+    mysql_password: str = ""
+    mysql_database: str = "chatserver"
+    mysql_root_password: str | None = None
+    mysql_statement_timeout: float = Field(5.0, gt=0, description="max_statement_time, seconds")
+    mysql_pool_size: int = Field(10, ge=1)
+
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_key_prefix: str = "chat:"
+    redis_timeout: float = Field(5.0, gt=0, description="socket timeout of one command, seconds")
+    context_ttl_seconds: int = Field(30 * 24 * 3600, ge=60)
+
+    # Auth
+    jwt_secret: str = "change-me-local-only-jwt-secret-0123456789"
+    jwt_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    cookie_secure: bool = True
+    hmac_window_seconds: int = Field(60, ge=1)
+    max_api_keys_per_user: int = Field(3, ge=1)
+    max_whitelists_per_key: int = Field(10, ge=1)
+    trusted_hosts: CommaList = ["*"]
+    allowed_origins: CommaList = []
+    trusted_proxies: CommaList = []
+
+    # Upstream (any OpenAI-compatible /v1/chat/completions)
+    openai_api_key: str | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    default_model: str = "gpt-4o-mini"
+    models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+    unknown_model: ModelSpec = ModelSpec(context_window=8_192, max_answer_tokens=1_024)
+    token_margin: int = Field(64, ge=0)
+    upstream_clients: int = Field(8, ge=1, description="httpx clients the streams spread over")
+    upstream_connect_timeout: float = Field(5.0, gt=0)
+    upstream_first_byte_timeout: float = Field(30.0, gt=0)
+    upstream_chunk_gap_timeout: float = Field(30.0, gt=0)
+    upstream_retries: int = Field(3, ge=0)
+    upstream_backoff_base: float = Field(0.5, ge=0)
+    upstream_max_continuations: int = Field(2, ge=0)
+
+    # Sessions
+    session_idle_seconds: float = Field(300.0, gt=0)
+    session_queue_limit: int = Field(8, ge=1)
+    max_frame_bytes: int = Field(64 * 1024, ge=1024)
+    max_message_tokens: int = Field(4_000, ge=1)
+
+    # Translation (off unless TRANSLATOR_URL is set)
+    translator_url: str | None = None
+
+    @field_validator("trusted_hosts", "allowed_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_prod(self) -> "Settings":
+        if len(self.jwt_secret.encode()) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 bytes")
+        if self.api_env == "prod":
+            if self.jwt_secret.startswith("change-me"):
+                raise ValueError("JWT_SECRET must be set in prod")
+            if "*" in self.trusted_hosts:
+                raise ValueError("TRUSTED_HOSTS must list real host names in prod")
+        if self.default_model not in self.models and not self.openai_base_url:
+            raise ValueError("DEFAULT_MODEL is not in MODELS")
+        return self
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """The asyncmy URL of the application database."""
+        if self.database_url:
+            return self.database_url
+        return (
+            f"mysql+asyncmy://{quote_plus(self.mysql_user)}:{quote_plus(self.mysql_password)}"
+            f"@{self.mysql_host}:{self.mysql_port}/{self.mysql_database}?charset=utf8mb4"
+        )
+
+    def model_spec(self, name: str) -> ModelSpec:
+        return self.models.get(name, self.unknown_model)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming every bad setting, as its environment variable."""
+    parts = []
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {msg}")
+    return "invalid settings: " + "; ".join(parts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, or raise ``ConfigError`` with one clear line.
+
+    The ``.env`` file read is ``$CHAT_ENV_FILE`` (default ``.env``; empty: none, as the tests do).
+    """
+    overrides.setdefault("_env_file", os.environ.get("CHAT_ENV_FILE", ".env") or None)
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None

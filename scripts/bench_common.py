@@ -1,0 +1,227 @@
+"""What the benchmarks share: a mock upstream and a chat server in their own processes.
+
+``bench_stack()`` creates a fresh MariaDB database (migrated), starts
+``python -m scripts.mock_upstream`` and ``hypercorn --worker-class trio web.asgi:app`` (the
+production entry point) on free 127.0.0.1 ports, waits until ``/health/ready`` answers, and on
+exit stops both, drops the database and deletes the run's Redis keys. The load generator is the
+calling process, so client, server and upstream CPU are three separate processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _admin_sql(*statements: str) -> None:
+    import asyncmy
+
+    async def run() -> None:
+        conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="")
+        try:
+            async with conn.cursor() as cur:
+                for statement in statements:
+                    await cur.execute(statement)
+        finally:
+            conn.close()
+
+    asyncio.run(run())
+
+
+def _delete_redis_prefix(prefix: str) -> int:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    deleted = 0
+    try:
+        for batch in _chunks(client.scan_iter(match=prefix + "*", count=1000), 1000):
+            deleted += client.delete(*batch)
+    finally:
+        client.close()
+    return deleted
+
+
+def _chunks(items: Iterator[bytes], size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def proc_status(pid: int, field: str = "VmRSS") -> int:
+    """A ``/proc/PID/status`` field in KiB (VmRSS, VmHWM, ...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_pid(pid: int, timeout: float = 10.0) -> int:
+    """The process that serves: Hypercorn's CLI runs its worker in a child process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                if b"resource_tracker" not in cmdline:
+                    return int(child)
+        time.sleep(0.1)
+    return pid
+
+
+@dataclass(frozen=True)
+class Stack:
+    url: str  # the chat server, http://127.0.0.1:PORT
+    mock_url: str  # the mock upstream, http://127.0.0.1:PORT (no /v1)
+    server_pid: int  # the Hypercorn worker process (RSS, CPU)
+    mock_pid: int
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int = 1,
+                env: dict[str, str] | None = None, quiet: bool = True) -> Iterator[Stack]:
+    """Fresh DB + Redis prefix, mock upstream and chat server processes; cleaned up after."""
+    from scripts.loadtest import raise_open_files_limit
+    from storage.migrate import upgrade
+
+    raise_open_files_limit(1 << 20)  # the server inherits it
+    run = uuid.uuid4().hex[:8]
+    db = f"bench_{run}"
+    prefix = f"bench:{run}:"
+    _admin_sql(f"CREATE DATABASE `{db}` CHARACTER SET utf8mb4")
+    procs: list[subprocess.Popen[bytes]] = []
+    out = subprocess.DEVNULL if quiet else None
+    try:
+        db_url = f"mysql+asyncmy://root:@127.0.0.1:3306/{db}?charset=utf8mb4"
+        upgrade(db_url)
+        mock_port, port = free_port(), free_port()
+        mock = subprocess.Popen(
+            [sys.executable, "-m", "scripts.mock_upstream", "--port", str(mock_port),
+             "--tokens", str(tokens), "--delay-ms", str(delay_ms),
+             "--workers", str(mock_workers)], cwd=ROOT, stdout=out, stderr=out)
+        procs.append(mock)
+        _wait_ready(f"http://127.0.0.1:{mock_port}/v1/models", mock)
+        server_env = {
+            **os.environ, "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
+            "API_ENV": "test", "DATABASE_URL": db_url, "REDIS_KEY_PREFIX": prefix,
+            "COOKIE_SECURE": "false", "TRUSTED_HOSTS": "localhost,127.0.0.1",
+            "CHAT_ENV_FILE": "", "LOG_LEVEL": "WARNING", **(env or {}),
+        }
+        server = subprocess.Popen(
+            [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog", "4096",
+             "-b", f"127.0.0.1:{port}", "web.asgi:app"],
+            cwd=ROOT, env=server_env, stdout=out, stderr=out)
+        procs.append(server)
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url + "/health/ready", server)
+        yield Stack(url=url, mock_url=f"http://127.0.0.1:{mock_port}",
+                    server_pid=worker_pid(server.pid),
+                    mock_pid=mock.pid)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        _admin_sql(f"DROP DATABASE IF EXISTS `{db}`")
+        _delete_redis_prefix(prefix)
+
+
+def print_dist(name: str, d: object) -> None:
+    from scripts.loadtest_stats import Distribution
+
+    assert isinstance(d, Distribution)
+    print(f"  {name:<22} p50 {d.p50:9.1f}  p95 {d.p95:9.1f}  p99 {d.p99:9.1f}  max {d.max:9.1f}"
+          f"  (n={d.count})")
+
+
+@contextmanager
+def py_spy(pid: int, out: Path | None) -> Iterator[None]:
+    """Sample ``pid`` with py-spy (``pip install py-spy``) into ``out`` (collapsed stacks, for
+    flamegraph.pl or speedscope) while the block runs; nothing when ``out`` is None."""
+    if out is None:
+        yield
+        return
+    proc = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--rate",
+                             "200", "--format", "raw", "--nonblocking", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes the file and exits
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def top_frames(collapsed: Path, n: int = 25) -> list[tuple[str, float, float]]:
+    """(function, self %, total %) of the busiest functions in a collapsed-stack file."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        k = int(count)
+        samples += k
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + k
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + k
+    rows = sorted(own, key=lambda f: own[f], reverse=True)[:n]
+    return [(f, 100 * own[f] / samples, 100 * total[f] / samples) for f in rows]

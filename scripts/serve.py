@@ -1,0 +1,103 @@
+"""``make run``: check the services, migrate, start the mock upstream if needed, serve.
+
+Runs in the foreground on Hypercorn's trio worker. Stops with one clear line when a setting is
+invalid or MariaDB / Redis cannot be reached, saying how to start them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from functools import partial
+from urllib.parse import urlsplit
+
+import trio
+
+from core.errors import ConfigError
+from core.settings import Settings, load_settings
+
+MOCK_PORT = int(os.environ.get("MOCK_UPSTREAM_PORT", "8001"))
+
+HOW_TO_START = {
+    "MariaDB": (
+        "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`"
+        " (or `docker compose up -d db`)"
+    ),
+    "Redis": (
+        "start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''"
+        " --appendonly no` (or `docker compose up -d cache`)"
+    ),
+}
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def check_services(settings: Settings) -> list[str]:
+    """One line per service that cannot be reached."""
+    problems = []
+    db = urlsplit(settings.sqlalchemy_url)
+    redis = urlsplit(settings.redis_url)
+    for name, host, port in (
+        ("MariaDB", db.hostname or "127.0.0.1", db.port or 3306),
+        ("Redis", redis.hostname or "127.0.0.1", redis.port or 6379),
+    ):
+        if not _reachable(host, port):
+            problems.append(f"{name} is not reachable at {host}:{port}: {HOW_TO_START[name]}")
+    return problems
+
+
+async def _main(settings: Settings) -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from scripts.mock_upstream import serve_mock_upstream
+    from web.app import create_app
+
+    async with trio.open_nursery() as nursery:
+        if not settings.openai_api_key:
+            port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", MOCK_PORT))
+            base_url = f"http://127.0.0.1:{port}/v1"
+            settings = settings.model_copy(update={"openai_base_url": base_url})
+            print(f"OPENAI_API_KEY is not set: answers come from the mock upstream at {base_url}",
+                  flush=True)
+        config = Config()
+        config.bind = [f"{settings.host}:{settings.port}"]
+        config.accesslog = None
+        config.graceful_timeout = 5
+        app = create_app(settings)
+        print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: /docs)",
+              flush=True)
+        await serve(app, config, mode="asgi")  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problems = check_services(settings)
+    if problems:
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 3
+    from storage.migrate import prepare_database
+
+    prepare_database(settings)
+    try:
+        trio.run(_main, settings)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

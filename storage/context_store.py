@@ -1,0 +1,230 @@
+"""Chat context of one session (user, room) in Redis.
+
+Key layout (``P`` is the Redis actor's prefix, ``U`` the user id, ``R`` the room key):
+
+    P ctx:U:R:profile    hash   model, temperature, top_p, presence_penalty, frequency_penalty
+    P ctx:U:R:messages   list   one JSON object per message, oldest first:
+                                {"id", "role", "content", "tokens", "ts", "partial"?}
+    P ctx:U:R:meta       hash   next_id (last message id handed out), count (expected LLEN)
+
+``id`` is unique within a session, so a message's JSON text is unique in its list and can be
+removed by value (``LREM key 1 <json>``). Every change is one MULTI/EXEC transaction that also
+updates ``count``, makes sure a profile exists, and refreshes the TTL of all three keys: a crash between two commands can never
+leave a half-trimmed history, and the TTL (``CONTEXT_TTL_SECONDS``) restarts on every use.
+
+Loading checks the layout: a list whose length differs from ``count``, an item that is not a
+valid message, or a missing profile next to existing messages is *repaired* (bad items skipped,
+profile defaulted, ``count`` rewritten) and reported in ``LoadedContext.repairs`` so the caller
+logs it. Nothing is ever reset silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Protocol
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+
+class RedisLike(Protocol):
+    """What the store needs of the Redis actor."""
+
+    prefix: str
+
+    async def execute(self, *args: Any) -> Any: ...
+
+    async def transaction(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    id: int
+    role: Role
+    content: str
+    tokens: int
+    ts: int  # YYYYMMDDHHMMSS, UTC
+    partial: bool = False  # an answer cut short (/stop, upstream error)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        if not self.partial:
+            del data["partial"]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> StoredMessage:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("role") not in ROLES:
+            raise ValueError("not a message")
+        return cls(
+            id=int(data["id"]),
+            role=data["role"],
+            content=str(data["content"]),
+            tokens=int(data["tokens"]),
+            ts=int(data["ts"]),
+            partial=bool(data.get("partial", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str
+    temperature: float = 0.7
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    def to_mapping(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, str], default_model: str) -> Profile:
+        base = cls(model=data.get("model") or default_model)
+        floats = {}
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+            if name in data:
+                floats[name] = float(data[name])
+        return replace(base, **floats)
+
+
+@dataclass(frozen=True)
+class LoadedContext:
+    profile: Profile
+    messages: list[StoredMessage]
+    next_id: int
+    repairs: list[str] = field(default_factory=list)
+
+
+class ContextStore:
+    """All reads and writes of chat contexts; one instance shared by every session actor."""
+
+    def __init__(self, redis: RedisLike, *, ttl_seconds: int, default_model: str) -> None:
+        self._redis = redis
+        self._ttl = ttl_seconds
+        self._default_model = default_model
+
+    def _keys(self, user_id: int, room: str) -> tuple[str, str, str]:
+        base = f"{self._redis.prefix}ctx:{user_id}:{room}:"
+        return base + "profile", base + "messages", base + "meta"
+
+    def _expire_all(self, keys: Iterable[str]) -> list[list[Any]]:
+        return [["EXPIRE", key, self._ttl] for key in keys]
+
+    async def load(self, user_id: int, room: str) -> LoadedContext:
+        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
+        raw_profile, raw_messages, meta, *_ = await self._redis.transaction(
+            [
+                ["HGETALL", profile_key],
+                ["LRANGE", messages_key, 0, -1],
+                ["HGETALL", meta_key],
+                *self._expire_all(keys),
+            ]
+        )
+        repairs: list[str] = []
+        messages: list[StoredMessage] = []
+        for raw in raw_messages:
+            try:
+                messages.append(StoredMessage.from_json(raw))
+            except (ValueError, KeyError, TypeError):
+                repairs.append(f"skipped an unreadable message: {raw[:80]!r}")
+        try:
+            profile = Profile.from_mapping(raw_profile, self._default_model)
+        except ValueError:
+            repairs.append("profile unreadable: defaults used")
+            profile = Profile(model=self._default_model)
+        if not raw_profile and messages:
+            repairs.append("profile missing next to stored messages: defaults used")
+        expected = int(meta.get("count", len(raw_messages))) if meta else len(raw_messages)
+        if expected != len(raw_messages):
+            repairs.append(f"history has {len(raw_messages)} messages, meta says {expected}")
+        if raw_messages and not meta:
+            repairs.append("meta missing next to stored messages")
+        next_id = max([int(meta.get("next_id", 0)) if meta else 0, *(m.id for m in messages)])
+        if repairs:
+            await self._rewrite(user_id, room, profile, messages, next_id)
+        return LoadedContext(profile=profile, messages=messages, next_id=next_id, repairs=repairs)
+
+    async def _rewrite(
+        self,
+        user_id: int,
+        room: str,
+        profile: Profile,
+        messages: list[StoredMessage],
+        next_id: int,
+    ) -> None:
+        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
+        commands: list[list[Any]] = [["DEL", messages_key]]
+        if messages:
+            commands.append(["RPUSH", messages_key, *(m.to_json() for m in messages)])
+        commands += [
+            ["HSET", profile_key, *_flatten(profile.to_mapping())],
+            ["HSET", meta_key, "next_id", next_id, "count", len(messages)],
+            *self._expire_all(keys),
+        ]
+        await self._redis.transaction(commands)
+
+    async def change(
+        self,
+        user_id: int,
+        room: str,
+        *,
+        append: Sequence[StoredMessage] = (),
+        remove: Sequence[StoredMessage] = (),
+        next_id: int,
+        count: int,
+    ) -> None:
+        """Append and remove messages in one transaction; ``count`` is the new length."""
+        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
+        commands: list[list[Any]] = [["LREM", messages_key, 1, m.to_json()] for m in remove]
+        if append:
+            commands.append(["RPUSH", messages_key, *(m.to_json() for m in append)])
+        commands += [
+            ["HSET", meta_key, "next_id", next_id, "count", count],
+            ["HSETNX", profile_key, "model", self._default_model],
+            *self._expire_all(keys),
+        ]
+        await self._redis.transaction(commands)
+
+    async def save_profile(self, user_id: int, room: str, profile: Profile) -> None:
+        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
+        await self._redis.transaction(
+            [["HSET", profile_key, *_flatten(profile.to_mapping())], *self._expire_all(keys)]
+        )
+
+    async def clear(
+        self, user_id: int, room: str, *, keep: Sequence[StoredMessage], next_id: int
+    ) -> None:
+        """Replace the history with ``keep`` (e.g. the system messages) in one transaction."""
+        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
+        commands: list[list[Any]] = [["DEL", messages_key]]
+        if keep:
+            commands.append(["RPUSH", messages_key, *(m.to_json() for m in keep)])
+        commands += [
+            ["HSET", meta_key, "next_id", next_id, "count", len(keep)],
+            ["HSETNX", profile_key, "model", self._default_model],
+            *self._expire_all(keys),
+        ]
+        await self._redis.transaction(commands)
+
+    async def delete(self, user_id: int, room: str) -> None:
+        await self._redis.execute("DEL", *self._keys(user_id, room))
+
+    async def delete_user(self, user_id: int) -> int:
+        """Remove every context of a user; returns how many keys went."""
+        pattern = f"{self._redis.prefix}ctx:{user_id}:*"
+        cursor, removed = "0", 0
+        while True:
+            cursor, found = await self._redis.execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", 500
+            )
+            if found:
+                removed += int(await self._redis.execute("DEL", *found))
+            if str(cursor) == "0":
+                return removed
+
+
+def _flatten(mapping: dict[str, str]) -> list[str]:
+    return [item for pair in mapping.items() for item in pair]

@@ -1,0 +1,101 @@
+"""Schema migrations from Python: ``upgrade(url)``, ``downgrade(url, rev)``; and a CLI.
+
+These are synchronous (Alembic's env runs its own ``asyncio.run``): from Trio call them with
+``await trio.to_thread.run_sync(upgrade, url)``. From a shell::
+
+    python -m storage.migrate             # bootstrap (if MYSQL_ROOT_PASSWORD is set) + upgrade head
+    python -m storage.migrate upgrade [REV]
+    python -m storage.migrate downgrade REV
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic config for ``url``, independent of the working directory."""
+    ini = ROOT / "alembic.ini"
+    config = Config(str(ini)) if ini.exists() else Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = url
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def current(url: str) -> str | None:
+    """The revision ``url`` is at (None on an empty database)."""
+    import asyncio
+
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    def read(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async def run() -> str | None:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def prepare_database(settings: "Settings") -> str | None:
+    """Start-up: bootstrap the database and user (when root credentials are given), then
+    upgrade to head. Returns the revision now applied."""
+    from storage.bootstrap import bootstrap
+
+    if bootstrap(settings):
+        print("bootstrap: database and user ensured", flush=True)
+    upgrade(settings.sqlalchemy_url)
+    return current(settings.sqlalchemy_url)
+
+
+def main(argv: list[str]) -> int:
+    from core.settings import load_settings
+    from storage.bootstrap import bootstrap
+
+    settings = load_settings()
+    url = settings.sqlalchemy_url
+    action = argv[0] if argv else "upgrade"
+    if action == "upgrade":
+        if bootstrap(settings):
+            print("bootstrap: database and user ensured")
+        upgrade(url, argv[1] if len(argv) > 1 else "head")
+        print(f"upgraded to {current(url)}")
+    elif action == "downgrade" and len(argv) == 2:
+        downgrade(url, argv[1])
+        print(f"downgraded to {current(url)}")
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

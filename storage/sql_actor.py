@@ -1,0 +1,126 @@
+"""The SQL actor: SQLAlchemy's AsyncEngine (asyncmy) behind a Trio API.
+
+A unit of work is one async function of an ``AsyncSession``; ``run`` executes it inside
+``async with session.begin()`` (commit on success, rollback on exception) in ONE bridge
+crossing, since the crossing, not the statement, is the cost. At most ``pool_size`` units run at
+once: the rest wait on a Trio semaphore, where waiting is cheap and cancellable.
+
+Units must return plain data: sessions use ``expire_on_commit=False`` and lazy loading raises
+``MissingGreenlet`` on asyncio, so load eagerly (``selectinload``, explicit columns).
+
+Bounds and recovery: every connection runs ``SET SESSION max_statement_time`` on connect
+(MariaDB runs a cancelled statement to completion otherwise); ``pool_pre_ping`` replaces
+connections that died with a server restart. A cancelled caller cancels the asyncio task;
+SQLAlchemy rolls back or hard-closes the connection, and the bridge waits for that (bounded)
+before ``Cancelled`` propagates. Errors are mapped in ``storage.errors.map_sql_error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import trio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from storage.bridge import AsyncioBridge, maybe_bridge
+from storage.errors import map_sql_error
+
+T = TypeVar("T")
+
+Unit = Callable[[AsyncSession], Awaitable[T]]
+
+
+class SqlActor:
+    """Trio handle on one database: ``await sql.run(unit)``."""
+
+    def __init__(
+        self,
+        bridge: AsyncioBridge,
+        engine: AsyncEngine,
+        *,
+        pool_size: int,
+    ) -> None:
+        self._bridge = bridge
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._slots = trio.Semaphore(pool_size)
+
+    async def _cross(self, unit: Callable[[], Awaitable[T]]) -> T:
+        async def guarded() -> T:
+            try:
+                return await unit()
+            except Exception as exc:
+                mapped = map_sql_error(exc)
+                if mapped is None or mapped is exc:
+                    raise
+                raise mapped from exc
+
+        async with self._slots:
+            return await self._bridge.run(guarded)
+
+    async def run(self, unit: Unit[T]) -> T:
+        """Run ``unit(session)`` in one transaction; return its (plain) result."""
+
+        async def work() -> T:
+            async with self._sessions() as session, session.begin():
+                return await unit(session)
+
+        return await self._cross(work)
+
+    async def ping(self) -> None:
+        async def work() -> None:
+            async with self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        await self._cross(work)
+
+
+def make_engine(url: str, *, statement_timeout: float, pool_size: int) -> AsyncEngine:
+    """The engine: bounded pool, pre-ping, ``max_statement_time`` on every connection."""
+    engine = create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        pool_timeout=max(statement_timeout * 2, 5.0),
+        connect_args={
+            "connect_timeout": max(int(statement_timeout), 1),
+            "init_command": f"SET SESSION max_statement_time = {float(statement_timeout):.3f}",
+        },
+    )
+    return engine
+
+
+@asynccontextmanager
+async def open_sql_actor(
+    url: str,
+    *,
+    statement_timeout: float,
+    pool_size: int,
+    bridge: AsyncioBridge | None = None,
+) -> AsyncIterator[SqlActor]:
+    """Open a SqlActor (and a bridge of its own unless one is given); dispose it after.
+
+    Opening does not connect: an unreachable database shows up as ``StorageUnavailable`` on the
+    first call.
+    """
+    async with maybe_bridge(bridge) as br:
+
+        async def make() -> AsyncEngine:
+            return make_engine(url, statement_timeout=statement_timeout, pool_size=pool_size)
+
+        engine = await br.run(make)
+        try:
+            yield SqlActor(br, engine, pool_size=pool_size)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await br.run(engine.dispose)

@@ -1,0 +1,108 @@
+"""Session actors directly (no WebSocket): real Redis and MariaDB, the mock upstream over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+
+import pytest
+import trio
+
+from chat_actors import frames
+from chat_actors.outbox import Outbox
+from chat_actors.service import Chat, open_chat
+from core.settings import Settings, load_settings
+from scripts.mock_upstream import expected_answer, serve_mock_upstream
+from storage import open_storage
+
+
+@pytest.fixture
+async def chat(db_settings: Settings, redis_actor: object,
+               nursery: trio.Nursery) -> AsyncIterator[Chat]:
+    port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=40,
+                                       delay_ms=5))
+    settings = load_settings(api_env="test", redis_key_prefix=db_settings.redis_key_prefix,
+                             database_url=db_settings.database_url,
+                             openai_base_url=f"http://127.0.0.1:{port}/v1",
+                             session_idle_seconds=0.5)
+    async with open_storage(settings) as storage, open_chat(settings, storage) as chat:
+        yield chat
+
+
+async def drain(box: Outbox) -> list[dict[str, object]]:
+    got = []
+    while box.pending:
+        got.append(await box.next_frame())
+    return got
+
+
+async def read_answer(box: Outbox) -> str:
+    parts = []
+    with trio.fail_after(10):
+        while True:
+            frame = await box.next_frame()
+            if frame["finish"] and not frame["init"]:
+                return "".join(parts)
+            if not frame["finish"]:
+                parts.append(str(frame["msg"]))
+
+
+async def test_slow_socket_does_not_slow_the_others(chat: Chat) -> None:
+    fast, slow = Outbox(), Outbox()
+    ref = await chat.registry.attach(1, "0", fast)
+    await chat.registry.attach(1, "0", slow)
+    await drain(fast)
+    await chat.registry.send(ref, fast, "stream to two sockets")
+    answer = await read_answer(fast)  # the slow one is never read meanwhile
+    assert answer == expected_answer([{"role": "user", "content": "stream to two sockets"}], 40)
+    slow_frames = await drain(slow)
+    deltas = [f for f in slow_frames if frames.is_delta(f)]
+    # 40 upstream chunks reached the slow socket as one coalesced frame, text whole.
+    assert len(deltas) == 1 and deltas[0]["msg"] == answer
+    assert slow.frames_coalesced >= 30
+
+
+async def test_idle_session_stops_and_comes_back_with_its_history(chat: Chat) -> None:
+    box = Outbox()
+    ref = await chat.registry.attach(2, "0", box)
+    await chat.registry.send(ref, box, "hello")
+    await read_answer(box)
+    await chat.registry.detach(ref, box)
+    assert len(chat.registry) == 1
+    with trio.fail_after(5):
+        while len(chat.registry) > 0:
+            await trio.sleep(0.05)
+    assert not ref.alive
+    snap = await chat.registry.snapshot(2, "0")  # starts a fresh actor, which reloads Redis
+    assert [m.role for m in snap.messages] == ["user", "assistant"]
+
+
+async def test_session_with_socket_does_not_go_idle(chat: Chat) -> None:
+    box = Outbox()
+    await chat.registry.attach(3, "0", box)
+    await trio.sleep(1.2)
+    assert len(chat.registry) == 1
+
+
+async def test_crash_does_not_touch_other_sessions(chat: Chat) -> None:
+    a, b = Outbox(), Outbox()
+    ref_a = await chat.registry.attach(4, "0", a)
+    ref_b = await chat.registry.attach(5, "0", b)
+    await drain(a)
+    await drain(b)
+    await chat.registry.send(ref_b, b, "keep going")
+    await chat.registry.crash_for_test(4, "0")
+    answer = await read_answer(b)
+    assert answer == expected_answer([{"role": "user", "content": "keep going"}], 40)
+    with trio.fail_after(5):
+        frame = await a.next_frame()
+    assert frame["error"]["code"] == "session_restarted"  # type: ignore[index]
+    assert ref_a.alive
+
+
+async def test_test_hook_is_refused_outside_tests(db_settings: Settings) -> None:
+    from chat_actors.registry import SessionRegistry
+
+    registry = SessionRegistry(deps=None, test_hooks=False)  # type: ignore[arg-type]
+    with pytest.raises(PermissionError):
+        await registry.crash_for_test(1, "0")

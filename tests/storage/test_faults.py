@@ -1,0 +1,107 @@
+"""Fault tests on private servers (spare ports): kill, call while down, restart, recover.
+
+The shared Redis / MariaDB on 6379 / 3306 are never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import StorageUnavailable
+from storage.redis_actor import open_redis_actor
+from storage.sql_actor import open_sql_actor
+from tests.storage.servers import Server, mariadb_server, redis_server
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Server]:
+    server = redis_server(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_mariadb(tmp_path: Path) -> Iterator[Server]:
+    server = mariadb_server(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def test_redis_down_fails_fast_then_recovers(own_redis: Server) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    async with open_redis_actor(url, prefix="fault:", timeout=2.0) as r:
+        await r.execute("SET", r.key("k"), "v")
+        await trio.to_thread.run_sync(own_redis.kill)
+        for _ in range(3):
+            start = trio.current_time()
+            with pytest.raises(StorageUnavailable):
+                await r.execute("GET", r.key("k"))
+            with pytest.raises(StorageUnavailable):
+                await r.transaction([["GET", r.key("k")]])
+            assert trio.current_time() - start < 1.0
+        await trio.to_thread.run_sync(own_redis.start)
+        # no manual reconnect: the next calls succeed (the data is gone: --save "")
+        assert await r.execute("GET", r.key("k")) is None
+        assert await r.execute("SET", r.key("k"), "w") is True
+        assert await r.eval("return redis.call('GET', KEYS[1])", [r.key("k")], []) == "w"
+        await r.ping()
+
+
+async def test_redis_killed_under_load_every_caller_gets_an_answer(own_redis: Server) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    async with open_redis_actor(url, prefix="fault:", timeout=2.0) as r:
+        outcomes: list[str] = []
+
+        async def caller(i: int) -> None:
+            for _ in range(30):
+                try:
+                    await r.execute("INCR", r.key("n", i % 10))
+                    outcomes.append("ok")
+                except StorageUnavailable:
+                    outcomes.append("down")
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(50):
+                nursery.start_soon(caller, i)
+            await trio.sleep(0.1)
+            await trio.to_thread.run_sync(own_redis.restart)
+        assert len(outcomes) == 1500
+        assert "ok" in outcomes
+        assert await r.execute("ECHO", "back") == "back"
+
+
+async def _select_one(s: AsyncSession) -> int:
+    return int((await s.execute(text("SELECT 1"))).scalar_one())
+
+
+async def test_mariadb_down_fails_fast_then_recovers(own_mariadb: Server) -> None:
+    url = f"mysql+asyncmy://root:@127.0.0.1:{own_mariadb.port}/mysql?charset=utf8mb4"
+    async with open_sql_actor(url, statement_timeout=2.0, pool_size=4) as sql:
+        # warm the pool so that stale connections exist after the restart
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(sql.run, _select_one)
+        await trio.to_thread.run_sync(own_mariadb.kill)
+        start = trio.current_time()
+        with pytest.raises(StorageUnavailable):
+            await sql.run(_select_one)
+        with pytest.raises(StorageUnavailable):
+            await sql.ping()
+        assert trio.current_time() - start < 2.0
+        await trio.to_thread.run_sync(own_mariadb.start)
+        # pool_pre_ping replaces the dead connections: no manual reconnect
+        for _ in range(8):
+            assert await sql.run(_select_one) == 1

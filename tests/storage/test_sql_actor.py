@@ -1,0 +1,166 @@
+"""SqlActor against the real MariaDB: units of work, concurrency, errors, cancellation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import StorageConflict, StorageError, StorageTimeout
+from core.settings import Settings
+from storage.models import ApiKey, ChatRoom, SnsType, User, UserStatus
+from storage.sql_actor import SqlActor, open_sql_actor
+
+
+async def _add_user(sql: SqlActor, email: str) -> int:
+    async def unit(s: AsyncSession) -> int:
+        user = User(email=email)
+        s.add(user)
+        await s.flush()
+        return user.id
+
+    return await sql.run(unit)
+
+
+async def test_unit_commits_and_returns_plain_data(sql_actor: SqlActor) -> None:
+    uid = await _add_user(sql_actor, "a@example.com")
+
+    async def read(s: AsyncSession) -> User:
+        return (await s.execute(select(User).where(User.id == uid))).scalar_one()
+
+    user = await sql_actor.run(read)
+    assert (user.email, user.sns_type, user.status, user.marketing_agree) == (
+        "a@example.com",
+        SnsType.EMAIL,
+        UserStatus.ACTIVE,
+        False,
+    )
+    assert user.created_at.tzinfo is None  # naive UTC, see storage.models
+
+
+async def test_exception_rolls_back(sql_actor: SqlActor) -> None:
+    async def unit(s: AsyncSession) -> None:
+        s.add(User(email="gone@example.com"))
+        await s.flush()
+        raise LookupError("changed my mind")
+
+    with pytest.raises(LookupError):
+        await sql_actor.run(unit)
+
+    async def count(s: AsyncSession) -> int:
+        return len((await s.execute(select(User.id))).all())
+
+    assert await sql_actor.run(count) == 0
+
+
+async def test_unique_violation_is_conflict(sql_actor: SqlActor) -> None:
+    await _add_user(sql_actor, "dup@example.com")
+    with pytest.raises(StorageConflict):
+        await _add_user(sql_actor, "dup@example.com")
+
+
+async def test_cascade_delete(sql_actor: SqlActor) -> None:
+    uid = await _add_user(sql_actor, "c@example.com")
+
+    async def add(s: AsyncSession) -> None:
+        s.add(ApiKey(user_id=uid, access_key="ak", secret_key="sk"))
+        s.add(ChatRoom(user_id=uid, room_key="r1", name="room"))
+
+    await sql_actor.run(add)
+
+    async def drop(s: AsyncSession) -> tuple[int, int]:
+        await s.execute(delete(User).where(User.id == uid))
+        keys = len((await s.execute(select(ApiKey.id))).all())
+        rooms = len((await s.execute(select(ChatRoom.id))).all())
+        return keys, rooms
+
+    assert await sql_actor.run(drop) == (0, 0)
+
+
+async def test_thousand_concurrent_units_get_their_own_answer(sql_actor: SqlActor) -> None:
+    answers: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        async def unit(s: AsyncSession) -> int:
+            return int((await s.execute(text("SELECT :i + 1"), {"i": i})).scalar_one())
+
+        answers[i] = await sql_actor.run(unit)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(1000):
+            nursery.start_soon(one, i)
+    assert answers == {i: i + 1 for i in range(1000)}
+
+
+async def _sleep(s: AsyncSession, seconds: float) -> object:
+    return (await s.execute(text("SELECT SLEEP(:t)"), {"t": seconds})).scalar_one()
+
+
+async def test_every_connection_has_max_statement_time(
+    settings: Settings, fresh_database: str
+) -> None:
+    async with open_sql_actor(fresh_database, statement_timeout=2.5, pool_size=2) as sql:
+
+        async def unit(s: AsyncSession) -> float:
+            return float((await s.execute(text("SELECT @@max_statement_time"))).scalar_one())
+
+        assert await sql.run(unit) == 2.5
+
+
+async def test_statement_timeout_is_storage_timeout(fresh_database: str) -> None:
+    async with open_sql_actor(fresh_database, statement_timeout=0.3, pool_size=2) as sql:
+        start = trio.current_time()
+        with pytest.raises(StorageTimeout):
+            await sql.run(lambda s: _sleep(s, 3))
+        assert trio.current_time() - start < 2.0
+        assert await sql.run(lambda s: _sleep(s, 0)) == 0
+
+
+async def test_cancelled_mid_statement_returns_fast_and_actor_recovers(
+    sql_actor: SqlActor,
+) -> None:
+    start = trio.current_time()
+    with trio.move_on_after(0.2):
+        await sql_actor.run(lambda s: _sleep(s, 3))
+    assert trio.current_time() - start < 0.5
+    for _ in range(20):  # every pooled connection is usable, none desynchronised
+        assert await sql_actor.run(lambda s: _sleep(s, 0)) == 0
+    assert await _add_user(sql_actor, "after@example.com") > 0
+
+
+async def test_sql_syntax_error_is_storage_error(sql_actor: SqlActor) -> None:
+    async def unit(s: AsyncSession) -> None:
+        await s.execute(text("SELEKT 1"))
+
+    with pytest.raises(StorageError) as info:
+        await sql_actor.run(unit)
+    assert type(info.value) is StorageError
+
+
+async def test_ping(sql_actor: SqlActor) -> None:
+    await sql_actor.ping()
+
+
+async def test_random_deadlines_never_desynchronise_connections(sql_actor: SqlActor) -> None:
+    rng = random.Random(7)
+    wrong: list[tuple[int, int]] = []
+
+    async def one(i: int, deadline: float) -> None:
+        async def unit(s: AsyncSession) -> int:
+            return int((await s.execute(text("SELECT :i"), {"i": i})).scalar_one())
+
+        with trio.move_on_after(deadline):
+            got = await sql_actor.run(unit)
+            if got != i:
+                wrong.append((i, got))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(400):
+            nursery.start_soon(one, i, rng.uniform(0, 0.004))
+    async with trio.open_nursery() as nursery:
+        for i in range(100):
+            nursery.start_soon(one, i, 30.0)
+    assert wrong == []

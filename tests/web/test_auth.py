@@ -1,0 +1,164 @@
+"""Register / login, JWT checks on every request (forgery, expiry, user status)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import trio
+
+from core.settings import Settings
+from storage import accounts
+from tests.web.conftest import PASSWORD, Client, bearer, error_code, register
+from web.jwt_tokens import issue_token
+from web.services import get_services
+
+
+async def test_register_returns_token_and_cookie(client: Client) -> None:
+    r = await client.post("/api/auth/register/email", json={"email": "new@example.com", "password": PASSWORD})
+    assert r.status_code == 201
+    token = (await r.get_json())["Authorization"]
+    assert token.startswith("Bearer ")
+    cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith("Authorization=")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # cookie_secure=False in the test settings
+    me = await client.get("/api/user/me", headers=bearer(token))
+    assert me.status_code == 200 and (await me.get_json())["email"] == "new@example.com"
+
+
+async def test_cookie_is_secure_by_default(db_settings: Settings, redis_actor: object) -> None:
+    from web.app import create_app
+
+    app = create_app(db_settings, extra_services=())
+    async with app.test_app() as running:
+        r = await Client(running.test_client()).post(
+            "/api/auth/register/email", json={"email": "s@example.com", "password": PASSWORD}
+        )
+        assert r.status_code == 201 and "Secure" in r.headers["Set-Cookie"]
+
+
+async def test_login(client: Client) -> None:
+    await register(client, "login@example.com")
+    r = await client.post("/api/auth/login/email", json={"email": "login@example.com", "password": PASSWORD})
+    assert r.status_code == 200
+    token = (await r.get_json())["Authorization"]
+    assert (await client.get("/api/user/me", headers=bearer(token))).status_code == 200
+    assert "HttpOnly" in r.headers["Set-Cookie"]
+
+
+async def test_login_failures(client: Client) -> None:
+    await register(client, "who@example.com")
+    wrong = await client.post("/api/auth/login/email", json={"email": "who@example.com", "password": "wrong-password"})
+    assert wrong.status_code == 401 and await error_code(wrong) == "invalid_credentials"
+    nobody = await client.post("/api/auth/login/email", json={"email": "nobody@example.com", "password": PASSWORD})
+    assert nobody.status_code == 401 and await error_code(nobody) == "invalid_credentials"
+
+
+async def test_register_validation(client: Client) -> None:
+    short = await client.post("/api/auth/register/email", json={"email": "a@example.com", "password": "short"})
+    assert short.status_code == 422 and await error_code(short) == "validation_error"
+    assert [d["field"] for d in (await short.get_json())["detail"]] == ["password"]
+    bad = await client.post("/api/auth/register/email", json={"email": "not-an-email", "password": PASSWORD})
+    assert bad.status_code == 422
+    assert [d["field"] for d in (await bad.get_json())["detail"]] == ["email"]
+    missing = await client.post("/api/auth/register/email", json={"password": PASSWORD})
+    assert missing.status_code == 422 and "email" in (await missing.get_json())["msg"]
+    malformed = await client.post(
+        "/api/auth/register/email", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 400 and await error_code(malformed) == "malformed_json"
+
+
+async def test_sns_types(client: Client) -> None:
+    body = {"email": "sns@example.com", "password": PASSWORD}
+    for sns in ("google", "facebook", "kakao"):
+        r = await client.post(f"/api/auth/register/{sns}", json=body)
+        assert r.status_code == 400 and await error_code(r) == "sns_not_supported"
+    r = await client.post("/api/auth/login/myspace", json=body)
+    assert r.status_code == 400 and await error_code(r) == "sns_type_invalid"
+
+
+async def test_existing_email(client: Client) -> None:
+    await register(client, "dup@example.com")
+    again = await client.post("/api/auth/register/email", json={"email": "dup@example.com", "password": PASSWORD})
+    assert again.status_code == 400 and await error_code(again) == "email_exists"
+    upper = await client.post("/api/auth/register/email", json={"email": "DUP@example.com", "password": PASSWORD})
+    assert upper.status_code == 400 and await error_code(upper) == "email_exists"
+
+
+async def test_twenty_concurrent_registrations_one_wins(client: Client) -> None:
+    statuses: list[int] = []
+    codes: list[str] = []
+
+    async def one() -> None:
+        r = await client.post("/api/auth/register/email", json={"email": "race@example.com", "password": PASSWORD})
+        statuses.append(r.status_code)
+        if r.status_code != 201:
+            codes.append(await error_code(r))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(one)
+    assert sorted(statuses) == [201] + [400] * 19
+    assert set(codes) == {"email_exists"}
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+async def test_jwt_forgeries_are_refused(client: Client, web_settings: Settings) -> None:
+    token = (await register(client, "forge@example.com")).removeprefix("Bearer ")
+    user_id = jwt.decode(token, options={"verify_signature": False})["sub"]
+    now = int(time.time())
+    claims = {"sub": user_id, "iat": now, "exp": now + 600}
+    header, _payload, signature = token.split(".")
+    forgeries = {
+        "alg_none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.",
+        "hs512": jwt.encode(claims, web_settings.jwt_secret, algorithm="HS512"),
+        "wrong_secret": jwt.encode(claims, "x" * 40, algorithm="HS256"),
+        "tampered": f"{header}.{_b64({**claims, 'sub': '999'})}.{signature}",
+        "garbage": "not.a.jwt",
+        "no_sub": jwt.encode({"iat": now, "exp": now + 60}, web_settings.jwt_secret, algorithm="HS256"),
+        "no_exp": jwt.encode({"sub": user_id, "iat": now}, web_settings.jwt_secret, algorithm="HS256"),
+    }
+    for name, forged in forgeries.items():
+        r = await client.get("/api/user/me", headers={"Authorization": f"Bearer {forged}"})
+        assert r.status_code == 401, name
+        assert await error_code(r) == "invalid_token", name
+    expired = jwt.encode(
+        {"sub": user_id, "iat": now - 7200, "exp": now - 3600}, web_settings.jwt_secret, algorithm="HS256"
+    )
+    r = await client.get("/api/user/me", headers=bearer(f"Bearer {expired}"))
+    assert r.status_code == 401 and await error_code(r) == "token_expired"
+
+
+async def test_token_from_cookie_and_missing_token(client: Client, test_app: object) -> None:
+    await register(client, "cookie@example.com")
+    # The test client kept the cookie set by register: that alone authenticates.
+    assert (await client.get("/api/user/me")).status_code == 200
+    fresh = Client(test_app.test_client())  # type: ignore[attr-defined]
+    none = await fresh.get("/api/user/me")
+    assert none.status_code == 401 and await error_code(none) == "not_authenticated"
+
+
+async def test_user_status_checked_on_every_request(client: Client, app: object) -> None:
+    token = await register(client, "status@example.com")
+    me = await (await client.get("/api/user/me", headers=bearer(token))).get_json()
+    sql = get_services(app).storage.sql
+    await accounts.set_user_status(sql, me["id"], "blocked")
+    r = await client.get("/api/user/me", headers=bearer(token))
+    assert r.status_code == 403 and await error_code(r) == "user_blocked"
+    login = await client.post("/api/auth/login/email", json={"email": "status@example.com", "password": PASSWORD})
+    assert login.status_code == 403
+    await accounts.set_user_status(sql, me["id"], "deleted")
+    r = await client.get("/api/user/me", headers=bearer(token))
+    assert r.status_code == 401 and await error_code(r) == "user_deleted"
+
+
+async def test_token_for_unknown_user(client: Client, web_settings: Settings) -> None:
+    r = await client.get("/api/user/me", headers=bearer("Bearer " + issue_token(web_settings, 424242)))
+    assert r.status_code == 401 and await error_code(r) == "user_not_found"

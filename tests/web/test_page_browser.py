@@ -1,0 +1,473 @@
+"""The chat page at /chatgpt in a real browser (Debian's Chromium, driven by Playwright).
+
+Against a real server in subprocesses (Hypercorn trio worker, fresh MariaDB, own Redis prefix,
+the mock upstream): register, create a key, chat with streamed answers, Stop, reload and see
+the history, HTML in messages shown as text (no script runs), rooms, readable errors, losing
+the connection and resuming a half-streamed answer, a phone-sized screen with the keyboard only.
+
+Plain sync tests (Playwright's sync API), not trio ones. On failure each test saves a
+screenshot (and the page's HTML and the server logs) in its ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from scripts.mock_upstream import expected_answer
+from tests.web.conftest_page import CHROMIUM, CHROMIUM_ARGS, LiveServer, live_server
+
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)",
+    ),
+    pytest.mark.timeout(180),
+]
+
+PASSWORD = "correct horse battery staple"
+TIMEOUT_MS = 15_000
+MOCK_TOKENS = 16  # words in a default mock answer
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    from scripts.vendor_js import check
+
+    problems = check()
+    assert not problems, (
+        f"vendored JS missing ({problems}): run python -m scripts.vendor_js --install"
+    )
+    with live_server(tmp_path_factory.mktemp("page_server"), mock_tokens=MOCK_TOKENS) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class PageWatch:
+    """What the page did that it should not: dialogs, uncaught errors, console errors."""
+
+    def __init__(self) -> None:
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        self.console_errors: list[str] = []
+
+
+@pytest.fixture
+def watch() -> PageWatch:
+    return PageWatch()
+
+
+def _open_page(
+    request: pytest.FixtureRequest,
+    browser: Any,
+    server: LiveServer,
+    watch: PageWatch,
+    tmp_path: Path,
+    **context_args: Any,
+) -> Iterator[Any]:
+    context = browser.new_context(base_url=server.url, **context_args)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+
+    def on_dialog(dialog: Any) -> None:
+        watch.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
+    page.on("console", lambda m: watch.console_errors.append(m.text) if m.type == "error" else None)
+    failed_before = request.session.testsfailed
+    try:
+        yield page
+    finally:
+        # The call phase's report is in by teardown: a new failure means this test failed.
+        if request.session.testsfailed > failed_before:
+            _save_failure_artifacts(page, server, watch, tmp_path)
+        context.close()
+
+
+def _save_failure_artifacts(page: Any, server: LiveServer, watch: PageWatch, out: Path) -> None:
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        page.screenshot(path=str(out / "failure.png"), full_page=True)
+        (out / "failure.html").write_text(page.content(), encoding="utf-8")
+    except PlaywrightError as exc:  # the page may be gone; the logs still help
+        (out / "screenshot-error.txt").write_text(repr(exc), encoding="utf-8")
+    (out / "server-logs.txt").write_text(server.logs(), encoding="utf-8")
+    (out / "page-events.json").write_text(json.dumps(vars(watch), indent=2), encoding="utf-8")
+    print(f"\nbrowser test artifacts: {out}")
+
+
+@pytest.fixture
+def page(
+    request: pytest.FixtureRequest,
+    browser: Any,
+    server: LiveServer,
+    watch: PageWatch,
+    tmp_path: Path,
+) -> Iterator[Any]:
+    yield from _open_page(
+        request, browser, server, watch, tmp_path, viewport={"width": 1280, "height": 860}
+    )
+
+
+@pytest.fixture
+def phone(
+    request: pytest.FixtureRequest,
+    browser: Any,
+    server: LiveServer,
+    watch: PageWatch,
+    tmp_path: Path,
+) -> Iterator[Any]:
+    yield from _open_page(
+        request,
+        browser,
+        server,
+        watch,
+        tmp_path,
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def expect() -> Any:
+    from playwright.sync_api import expect as pw_expect
+
+    pw_expect.set_options(timeout=TIMEOUT_MS)
+    return pw_expect
+
+
+def new_email() -> str:
+    return f"page{uuid.uuid4().hex[:10]}@example.com"
+
+
+def register(page: Any, email: str | None = None) -> str:
+    email = email or new_email()
+    page.goto("/chatgpt")
+    expect()(page.get_by_test_id("auth-view")).to_be_visible()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_test_id("register-button").click()
+    expect()(page.get_by_test_id("app-view")).to_be_visible()
+    expect()(page.get_by_test_id("user-email")).to_have_text(email)
+    return email
+
+
+def create_key(page: Any, memo: str = "browser", *, selected: bool = True) -> str:
+    page.get_by_test_id("new-key-memo").fill(memo)
+    page.get_by_test_id("create-key-button").click()
+    panel = page.get_by_test_id("new-secret-panel")
+    expect()(panel).to_be_visible()
+    secret = page.get_by_test_id("new-secret-key").input_value()
+    access = page.get_by_test_id("new-access-key").input_value()
+    assert len(secret) >= 16 and len(access) >= 8
+    page.get_by_test_id("copy-secret-button").click()
+    expect()(page.get_by_test_id("copy-feedback")).not_to_be_empty()
+    page.get_by_test_id("dismiss-secret-button").click()
+    expect()(panel).to_be_hidden()
+    item = page.locator(f'[data-testid="key-item"][data-access-key="{access}"]')
+    expect()(item.get_by_test_id("key-select")).to_be_checked(checked=selected)
+    return access
+
+
+def wait_connected(page: Any) -> None:
+    expect()(page.locator('[data-testid="connection-status"][data-state="open"]')).to_be_visible()
+
+
+def send(page: Any, text: str) -> None:
+    box = page.get_by_test_id("composer-input")
+    box.fill(text)
+    box.press("Enter")
+    expect()(box).to_have_value("")
+
+
+def messages(page: Any, role: str) -> Any:
+    return page.locator(f'[data-testid="message"][data-role="{role}"]')
+
+
+def last_answer_done(page: Any) -> str:
+    answer = messages(page, "assistant").last
+    expect()(answer).to_have_attribute("data-state", "done")
+    text: str = answer.get_by_test_id("message-body").inner_text()
+    return text
+
+
+def squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def mock_answer(user_text: str, tokens: int = MOCK_TOKENS) -> str:
+    return expected_answer([{"role": "user", "content": user_text}], tokens)
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+def test_page_is_served_with_its_libraries_and_a_strict_policy(server: LiveServer) -> None:
+    response = httpx.get(f"{server.url}/chatgpt")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "https://" not in response.text and "http://" not in response.text  # no CDN
+    for path in (
+        "/chatgpt/static/js/app.js",
+        "/chatgpt/static/vendor/marked.esm.js",
+        "/chatgpt/static/vendor/purify.es.js",
+        "/chatgpt/static/vendor/highlight.min.js",
+    ):
+        r = httpx.get(f"{server.url}{path}")
+        assert r.status_code == 200, path
+        assert r.headers["content-type"].startswith("text/javascript"), path
+    assert httpx.get(f"{server.url}/chatgpt/static/../routes_page.py").status_code == 404
+
+
+def test_chat_scenario(page: Any, server: LiveServer, watch: PageWatch) -> None:
+    """register → key → message → streamed answer → long answer + Stop → reload → history →
+    HTML in a message is text, no dialog → switch rooms."""
+    register(page)
+    expect()(page.get_by_test_id("no-keys")).to_be_visible()
+    create_key(page)
+    wait_connected(page)
+
+    # A message and its streamed answer, whole.
+    first = "Hello there, page!"
+    send(page, first)
+    expect()(messages(page, "user").last).to_have_text(re.compile(re.escape(first)))
+    answer = last_answer_done(page)
+    assert squash(answer) == squash(mock_answer(first))
+    expect()(page.get_by_test_id("stop-button")).to_be_hidden()
+
+    # A long answer, stopped half-way.
+    long_prompt = "Tell me a long story [mock tokens=2000 delay_ms=20]"
+    send(page, long_prompt)
+    streaming = page.locator(
+        '[data-testid="message"][data-role="assistant"][data-state="streaming"]'
+    )
+    expect()(streaming).to_have_count(1)
+    stop = page.get_by_test_id("stop-button")
+    expect()(stop).to_be_visible()
+    page.wait_for_function(
+        """() => { const m = document.querySelector('[data-state="streaming"] [data-testid="message-body"]');
+                   return m && m.innerText.split(/\\s+/).length > 10; }"""
+    )
+    stop.click()
+    stopped = last_answer_done(page)
+    expect()(stop).to_be_hidden()
+    full = mock_answer(long_prompt, 2000)
+    assert 10 < len(squash(stopped).split(" ")) < 2000
+    assert squash(full).startswith(squash(stopped))
+
+    # Reload: still logged in (cookie / stored token), the history comes back from the init frame.
+    page.reload()
+    wait_connected(page)
+    expect()(messages(page, "user")).to_have_count(2)
+    expect()(messages(page, "assistant")).to_have_count(2)
+    bodies = messages(page, "assistant").get_by_test_id("message-body").all_inner_texts()
+    assert squash(bodies[0]) == squash(answer)
+    assert squash(bodies[1]).startswith(squash(stopped)[:40])
+
+    # HTML in a user message, and in a server reply, is text: nothing runs, no dialog.
+    evil = "look <img src=x onerror=alert(1)> and <script>alert(2)</script>"
+    send(page, evil)
+    expect()(messages(page, "user").last.get_by_test_id("message-body")).to_have_text(evil)
+    last_answer_done(page)
+    send(page, "/echo <img src=x onerror=alert(3)> <b>bold?</b>")
+    note = messages(page, "note").last
+    expect()(note).to_contain_text("<img src=x onerror=alert(3)>")
+    page.reload()
+    wait_connected(page)
+    expect()(messages(page, "user").last.get_by_test_id("message-body")).to_have_text(evil)
+    page.wait_for_timeout(300)
+    assert page.locator("#messages img, #messages script, #messages [onerror]").count() == 0
+    assert watch.dialogs == []
+    # Not even an attempt that the Content-Security-Policy had to block.
+    assert not [e for e in watch.console_errors if "Content Security Policy" in e]
+
+    # A second room: empty, its own history; switching back shows the first room's.
+    page.get_by_test_id("new-room-name").fill("Second room")
+    page.get_by_test_id("new-room-button").click()
+    wait_connected(page)
+    expect()(page.get_by_test_id("room-title")).to_have_text("Second room")
+    expect()(messages(page, "user")).to_have_count(0)
+    send(page, "hi in room two")
+    last_answer_done(page)
+    rooms = page.get_by_test_id("room-item")
+    expect()(rooms).to_have_count(2)
+    expect()(page.locator('[data-testid="room-button"][aria-current="true"]')).to_contain_text(
+        "Second room"
+    )
+
+    page.locator('[data-testid="room-item"][data-room-id="0"] [data-testid="room-button"]').click()
+    wait_connected(page)
+    expect()(messages(page, "user")).to_have_count(3)
+    expect()(messages(page, "user").first).to_contain_text(first)
+
+    page.get_by_test_id("room-button").filter(has_text="Second room").click()
+    wait_connected(page)
+    expect()(messages(page, "user")).to_have_count(1)
+    expect()(messages(page, "user").first).to_have_text(re.compile("hi in room two"))
+    assert watch.dialogs == [] and watch.errors == []
+
+
+def test_commands_errors_and_buttons(page: Any, watch: PageWatch) -> None:
+    register(page)
+    create_key(page)
+    wait_connected(page)
+
+    send(page, "/help")
+    expect()(messages(page, "note").last).to_contain_text("/retry")
+
+    send(page, "/nosuchcommand")
+    error = messages(page, "error").last
+    expect()(error).to_have_attribute("data-error-code", "unknown_command")
+    expect()(error).to_contain_text("/help")
+
+    # Upstream down: a readable error, not raw JSON.
+    send(page, "this will fail [mock fault=500]")
+    error = messages(page, "error").last
+    expect()(error).to_have_attribute("data-error-code", re.compile("upstream"))
+    text = error.inner_text()
+    assert "{" not in text and "AI service" in text
+
+    # Too long: refused readably, and the text stays usable.
+    send(page, "word " * 6000)
+    error = messages(page, "error").last
+    expect()(error).to_have_attribute("data-error-code", "too_long")
+    expect()(error).to_contain_text("too long")
+
+    # Retry replaces the last answer with a new one.
+    send(page, "first question")
+    last_answer_done(page)
+    page.get_by_test_id("retry-button").click()
+    expect()(messages(page, "assistant")).to_have_count(1)
+    last_answer_done(page)
+
+    # Clear (two clicks: no browser dialog) empties the conversation.
+    clear = page.get_by_test_id("clear-button")
+    clear.click()
+    expect()(clear).to_have_text(re.compile("Confirm"))
+    clear.click()
+    expect()(messages(page, "user")).to_have_count(0)
+    page.reload()
+    wait_connected(page)
+    expect()(messages(page, "user")).to_have_count(0)
+    assert watch.dialogs == [] and watch.errors == []
+
+
+def test_key_disable_and_delete(page: Any) -> None:
+    register(page)
+    first = create_key(page, "one")
+    second = create_key(page, "two", selected=False)
+    wait_connected(page)
+    item = page.locator(f'[data-testid="key-item"][data-access-key="{first}"]')
+    expect()(item.get_by_test_id("key-select")).to_be_checked()  # the first key stays chosen
+
+    page.locator(
+        f'[data-testid="key-item"][data-access-key="{second}"] [data-testid="key-select"]'
+    ).check()
+    wait_connected(page)
+    page.reload()
+    wait_connected(page)
+    item2 = page.locator(f'[data-testid="key-item"][data-access-key="{second}"]')
+    expect()(item2.get_by_test_id("key-select")).to_be_checked()  # the choice is remembered
+
+    item2.get_by_test_id("key-toggle").click()
+    expect()(item2.get_by_test_id("key-status")).to_have_text("disabled")
+    expect()(item.get_by_test_id("key-select")).to_be_checked()  # fell back to an active key
+    wait_connected(page)
+
+    delete = item2.get_by_test_id("key-delete")
+    delete.click()
+    delete.click()
+    expect()(page.get_by_test_id("key-item")).to_have_count(1)
+
+
+def test_connection_loss_reconnects_and_resumes(page: Any) -> None:
+    """The socket drops mid-answer: the page says so, reconnects and resumes the answer."""
+    routes: list[Any] = []
+
+    def proxy(ws: Any) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    page.route_web_socket(re.compile(r"/ws/chatgpt/"), proxy)
+    register(page)
+    create_key(page)
+    wait_connected(page)
+
+    prompt = "A story to resume [mock tokens=150 delay_ms=30]"
+    send(page, prompt)
+    page.wait_for_function(
+        """() => { const m = document.querySelector('[data-state="streaming"] [data-testid="message-body"]');
+                   return m && m.innerText.split(/\\s+/).length > 15; }"""
+    )
+    before = len(routes)
+    routes[-1].close(code=1011, reason="test drops the connection")
+    expect()(
+        page.locator('[data-testid="connection-status"][data-state="waiting"]')
+    ).to_be_visible()
+    expect()(page.get_by_test_id("connection-status")).to_contain_text("Reconnecting")
+    wait_connected(page)
+    assert len(routes) > before
+    answer = last_answer_done(page)
+    assert squash(answer) == squash(mock_answer(prompt, 150))
+    expect()(messages(page, "assistant")).to_have_count(1)
+
+
+def test_phone_screen_keyboard_only(phone: Any, watch: PageWatch) -> None:
+    page = phone
+    register(page)
+    expect()(page.get_by_test_id("sidebar")).to_be_hidden()
+    page.get_by_test_id("menu-toggle").click()
+    expect()(page.get_by_test_id("sidebar")).to_be_visible()
+    create_key(page)
+    page.keyboard.press("Escape")
+    expect()(page.get_by_test_id("sidebar")).to_be_hidden()
+    wait_connected(page)
+
+    box = page.get_by_test_id("composer-input")
+    box.focus()
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    expect()(box).to_have_value("line one\nline two")
+    page.keyboard.press("Enter")
+    expect()(box).to_have_value("")
+    expect()(messages(page, "user").last.get_by_test_id("message-body")).to_have_text(
+        "line one\nline two"
+    )
+    last_answer_done(page)
+
+    # The page fits the screen: no sideways scrolling.
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 390
+    assert watch.dialogs == [] and watch.errors == []

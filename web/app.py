@@ -1,0 +1,103 @@
+"""The app factory: ``create_app(settings) -> QuartTrio``.
+
+Layers, outermost first: access log (request state, one JSON line per request) → trusted host
+→ CORS → Quart (access control as ``before_request``, then the route). Lifespan: before serving,
+``run_services`` starts in ``app.nursery`` (storage, then each extra service starter) and hands
+back the ``Services``; after serving, it is asked to stop and given ``shutdown_grace`` seconds
+before QuartTrio's nursery deadline cancels it.
+
+Run it with ``hypercorn --worker-class trio 'web.asgi:app'`` (keep Hypercorn's own access log
+off: it would log raw paths, which carry access keys on the WebSocket route).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from argon2 import PasswordHasher
+from quart_trio import QuartTrio
+
+from core.settings import Settings
+from web import (
+    routes_apikeys,
+    routes_auth,
+    routes_health,
+    routes_page,
+    routes_rooms,
+    routes_services,
+    routes_user,
+    ws,
+)
+from web.chat_service import open_chat_service
+from web.access_control import access_control
+from web.access_log import AccessLogMiddleware
+from web.cors import CorsMiddleware
+from web.docs import install_docs
+from web.errors import JsonErrorRequest, install_error_handlers
+from web.hosts import TrustedHostMiddleware
+from web.passwords import Passwords
+from web.services import SERVICES_EXTENSION, ServicesHandle, ServiceStarter, run_services
+from web.state import parse_networks
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(
+    settings: Settings,
+    *,
+    extra_services: Sequence[ServiceStarter] = (open_chat_service,),
+    shutdown_grace: float = 10.0,
+    password_hasher: PasswordHasher | None = None,
+) -> QuartTrio:
+    app = QuartTrio("web")
+    app.request_class = JsonErrorRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        BACKGROUND_TASK_SHUTDOWN_TIMEOUT=shutdown_grace,
+        PROPAGATE_EXCEPTIONS=False,
+    )
+    app.config["CHAT_SETTINGS"] = settings
+
+    install_error_handlers(app)
+    install_docs(app)
+    app.before_request(access_control)
+    for bp in (
+        routes_health.bp,
+        routes_auth.bp,
+        routes_user.bp,
+        routes_apikeys.bp,
+        routes_services.bp,
+        routes_rooms.bp,
+        ws.bp,
+        routes_page.page_bp,
+    ):
+        app.register_blueprint(bp)
+
+    starters = list(extra_services)
+    handles: list[ServicesHandle] = []
+
+    @app.before_serving
+    async def start_services() -> None:
+        passwords = Passwords(password_hasher) if password_hasher is not None else None
+        handle: ServicesHandle = await app.nursery.start(
+            run_services, settings, starters, passwords
+        )
+        handles.append(handle)
+        app.extensions[SERVICES_EXTENSION] = handle.services
+
+    @app.after_serving
+    async def stop_services() -> None:
+        app.extensions.pop(SERVICES_EXTENSION, None)
+        while handles:
+            handle = handles.pop()
+            handle.stop.set()
+            await handle.done.wait()
+
+    app.asgi_app = AccessLogMiddleware(  # type: ignore[method-assign,assignment]
+        TrustedHostMiddleware(
+            CorsMiddleware(app.asgi_app, settings.allowed_origins),  # type: ignore[arg-type]
+            settings.trusted_hosts,
+        ),
+        parse_networks(settings.trusted_proxies),
+    )
+    return app

@@ -1,0 +1,96 @@
+"""``POST /api/auth/register/{sns_type}`` and ``POST /api/auth/login/{sns_type}``.
+
+Only ``email`` is supported; the other known types (facebook, google, kakao) answer 400
+``sns_not_supported``, anything else 400 ``sns_type_invalid``. Both routes answer
+``{"Authorization": "Bearer <jwt>"}`` and set the same value as an HttpOnly, SameSite=Lax cookie
+(``Secure`` unless ``COOKIE_SECURE=false`` for local HTTP).
+"""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, current_app, jsonify, request
+from quart_schema import document_response, tag, validate_request
+
+from core.errors import ApiError, StorageConflict
+from core.settings import Settings
+from storage import accounts
+from web.errors import ErrorBody
+from web.jwt_tokens import bearer_value, issue_token
+from web.schemas import Credentials, TokenOut
+from web.services import get_services
+from web.state import state_of
+
+bp = Blueprint("auth", __name__, url_prefix="/api/auth")
+
+KNOWN_SNS = frozenset({"email", "facebook", "google", "kakao"})
+
+
+def _check_sns(sns_type: str) -> None:
+    if sns_type == "email":
+        return
+    if sns_type in KNOWN_SNS:
+        raise ApiError(400, "sns_not_supported", f"Sign-in with '{sns_type}' is not supported.")
+    raise ApiError(400, "sns_type_invalid", "Unknown sign-in type.", {"allowed": sorted(KNOWN_SNS)})
+
+
+def _token_response(settings: Settings, user_id: int, status: int) -> Response:
+    value = bearer_value(issue_token(settings, user_id))
+    response = jsonify(TokenOut(Authorization=value).model_dump())
+    response.status_code = status
+    response.set_cookie(
+        "Authorization",
+        value,
+        max_age=settings.jwt_ttl_seconds,
+        httponly=True,
+        secure=settings.cookie_secure,
+        samesite="Lax",
+        path="/",
+    )
+    return response
+
+
+@bp.post("/register/<sns_type>")
+@tag(["auth"])
+@validate_request(Credentials)
+@document_response(TokenOut, 201)
+@document_response(ErrorBody, 400)
+@document_response(ErrorBody, 422)
+async def register(sns_type: str, data: Credentials) -> Response:
+    """Create an account with an email and a password (8+ characters); returns a JWT."""
+    _check_sns(sns_type)
+    services = get_services(current_app)
+    sql = services.storage.sql
+    if await accounts.get_user_by_email(sql, data.email) is not None:
+        raise ApiError(400, "email_exists", "This email is already registered.")
+    password_hash = await services.passwords.hash(data.password)
+    try:
+        user = await accounts.create_user(sql, data.email, password_hash, sns_type)
+    except StorageConflict:
+        raise ApiError(400, "email_exists", "This email is already registered.") from None
+    state_of(request.scope).user_id = user.id
+    return _token_response(services.settings, user.id, 201)
+
+
+@bp.post("/login/<sns_type>")
+@tag(["auth"])
+@validate_request(Credentials)
+@document_response(TokenOut, 200)
+@document_response(ErrorBody, 400)
+@document_response(ErrorBody, 401)
+@document_response(ErrorBody, 403)
+@document_response(ErrorBody, 422)
+async def login(sns_type: str, data: Credentials) -> Response:
+    """Exchange an email and password for a JWT."""
+    _check_sns(sns_type)
+    services = get_services(current_app)
+    user = await accounts.get_user_by_email(services.storage.sql, data.email)
+    stored = user.password_hash if user is not None else None
+    if not await services.passwords.verify(stored, data.password):
+        raise ApiError(401, "invalid_credentials", "Wrong email or password.")
+    assert user is not None
+    if user.status == "blocked":
+        raise ApiError(403, "user_blocked", "This account is blocked.")
+    if user.status != "active":
+        raise ApiError(401, "invalid_credentials", "Wrong email or password.")
+    state_of(request.scope).user_id = user.id
+    return _token_response(services.settings, user.id, 200)

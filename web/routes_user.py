@@ -1,0 +1,96 @@
+"""``/api/user/me``: the signed-in user's profile (JWT routes)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from quart import Blueprint, current_app, g
+from quart_schema import (
+    document_response,
+    security_scheme_blueprint,
+    tag_blueprint,
+    validate_request,
+    validate_response,
+)
+
+from storage import accounts
+from web.errors import ErrorBody
+from web.schemas import DeletedOut, UserOut, UserUpdate
+from web.services import get_services
+
+bp = Blueprint("user", __name__, url_prefix="/api/user")
+tag_blueprint(bp, ["user"])
+security_scheme_blueprint(bp, [{"bearer": []}, {"cookie": []}])
+log = logging.getLogger("chat.errors")
+
+AUTH_ERRORS = (401, 403)
+
+
+def current_user() -> accounts.UserRecord:
+    user: accounts.UserRecord = g.user
+    return user
+
+
+def user_out(user: accounts.UserRecord) -> UserOut:
+    return UserOut(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        phone_number=user.phone_number,
+        profile_img=user.profile_img,
+        sns_type=user.sns_type,
+        status=user.status,
+        marketing_agree=user.marketing_agree,
+        created_at=user.created_at,
+        updated_at=user.updated_at,
+    )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def document_errors(*statuses: int) -> Callable[[F], F]:
+    """Document the error body for each status (and the auth errors every JWT route has)."""
+
+    def decorate(func: F) -> F:
+        for status in sorted({*statuses, *AUTH_ERRORS}):
+            func = document_response(ErrorBody, status)(func)
+        return func
+
+    return decorate
+
+
+@bp.get("/me")
+@validate_response(UserOut)
+@document_errors()
+async def get_me() -> UserOut:
+    """The signed-in user."""
+    return user_out(current_user())
+
+
+@bp.put("/me")
+@validate_request(UserUpdate)
+@validate_response(UserOut)
+@document_errors(422)
+async def put_me(data: UserUpdate) -> UserOut:
+    """Change profile fields: only the fields present in the body change."""
+    changes = {name: getattr(data, name) for name in data.model_fields_set}
+    services = get_services(current_app)
+    updated = await accounts.update_user(services.storage.sql, current_user().id, changes)
+    return user_out(updated or current_user())
+
+
+@bp.delete("/me")
+@validate_response(DeletedOut)
+@document_errors()
+async def delete_me() -> DeletedOut:
+    """Delete the account: marked deleted, personal data scrubbed, API keys disabled, and every
+    ``Services.user_deleted_hooks`` hook called (the chat side removes the user's chat data)."""
+    services = get_services(current_app)
+    user_id = current_user().id
+    await accounts.delete_user(services.storage.sql, user_id)
+    for hook in services.user_deleted_hooks:
+        await hook(services, user_id)
+    return DeletedOut(id=user_id)

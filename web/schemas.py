@@ -1,0 +1,135 @@
+"""Request and response models (pydantic) of the REST routes; they also feed ``/openapi.json``."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime
+from typing import Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- auth --------------------------------------------------------------------------------
+
+
+class Credentials(Strict):
+    email: str = Field(max_length=255, examples=["user@example.com"])
+    password: str = Field(min_length=8, max_length=1024)
+
+    @field_validator("email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        try:
+            return validate_email(value, check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class TokenOut(BaseModel):
+    Authorization: str = Field(description="'Bearer <jwt>'; also set as the Authorization cookie")
+
+
+# ---- user --------------------------------------------------------------------------------
+
+
+class UserOut(BaseModel):
+    id: int
+    email: str
+    name: str | None
+    phone_number: str | None
+    profile_img: str | None
+    sns_type: str
+    status: str
+    marketing_agree: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserUpdate(Strict):
+    name: str | None = Field(default=None, max_length=64)
+    phone_number: str | None = Field(default=None, max_length=32, pattern=r"^[0-9+() .-]*$")
+    profile_img: str | None = Field(default=None, max_length=255)
+    marketing_agree: bool | None = None
+
+
+class DeletedOut(BaseModel):
+    id: int
+    deleted: bool = True
+
+
+# ---- API keys ----------------------------------------------------------------------------
+
+
+class ApiKeyOut(BaseModel):
+    id: int
+    access_key: str
+    user_memo: str | None
+    status: str
+    is_whitelisted: bool
+    created_at: datetime
+
+
+class ApiKeyCreated(ApiKeyOut):
+    secret_key: str = Field(description="Shown only in this response: store it now.")
+
+
+class ApiKeyList(BaseModel):
+    api_keys: list[ApiKeyOut]
+
+
+class ApiKeyCreate(Strict):
+    user_memo: str | None = Field(default=None, max_length=255)
+
+
+class ApiKeyUpdate(Strict):
+    user_memo: str | None = Field(default=None, max_length=255)
+    status: Literal["active", "disabled"] | None = None
+
+
+# ---- allow-lists -------------------------------------------------------------------------
+
+
+class WhitelistOut(BaseModel):
+    id: int
+    ip_addr: str
+    created_at: datetime
+
+
+class WhitelistList(BaseModel):
+    whitelists: list[WhitelistOut]
+
+
+class WhitelistCreate(Strict):
+    ip_addr: str = Field(max_length=64, examples=["203.0.113.7", "10.0.0.0/8", "2001:db8::/32"])
+
+    @field_validator("ip_addr")
+    @classmethod
+    def _valid_ip(cls, value: str) -> str:
+        """An IPv4/IPv6 address or CIDR range, stored in canonical form."""
+        try:
+            if "/" in value:
+                return str(ipaddress.ip_network(value.strip(), strict=False))
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError("not an IPv4/IPv6 address or CIDR range") from None
+
+
+# ---- services / health -------------------------------------------------------------------
+
+
+class ServiceWhoAmI(BaseModel):
+    your_email: str
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    redis: str
+    database: str
