@@ -11,6 +11,7 @@ import logging
 from collections.abc import Hashable
 
 import trio
+import trio.lowlevel
 
 from chat_actors.actor import ActorRef
 from chat_actors.outbox import Outbox
@@ -82,7 +83,7 @@ class SessionRegistry:
                 await ref.call(Attach(outbox))
                 return ref
             except ActorDead:
-                await trio.sleep(0)  # it was stopping (idle): start a fresh one
+                await trio.lowlevel.checkpoint()  # it was stopping (idle): start a fresh one
         raise ActorDead(f"session {user_id}/{room} could not be started")
 
     @staticmethod
@@ -113,7 +114,7 @@ class SessionRegistry:
         await ref.cast(CrashForTest())
 
     def keys_of(self, user_id: int) -> list[SessionKey]:
-        return [k for k in self._sup.keys() if isinstance(k, SessionKey) and k.user_id == user_id]
+        return [k for k in self._sup if isinstance(k, SessionKey) and k.user_id == user_id]
 
     def __len__(self) -> int:
         return len(self._sup)

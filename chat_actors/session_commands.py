@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chat_actors import commands, frames
 from chat_actors.commands import Role, Sampling, SessionInfo
@@ -51,7 +51,8 @@ class SessionCommands:
 
     async def set_sampling(self, name: Sampling, value: float) -> float:
         previous = float(getattr(self.session.profile, name))
-        await self.session.set_profile(replace(self.session.profile, **{name: value}))
+        changes: dict[str, Any] = {name: value}
+        await self.session.set_profile(replace(self.session.profile, **changes))
         return previous
 
     async def pop_last(self, role: Role) -> str | None:

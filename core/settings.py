@@ -85,13 +85,15 @@ class Settings(BaseSettings):
     models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
     unknown_model: ModelSpec = ModelSpec(context_window=8_192, max_answer_tokens=1_024)
     token_margin: int = Field(64, ge=0)
-    upstream_clients: int = Field(8, ge=1, description="httpx clients the streams spread over")
+    upstream_clients: int = Field(
+        8, ge=1, description="idle upstream connections kept: 128 x this value")
     upstream_connect_timeout: float = Field(5.0, gt=0)
     upstream_first_byte_timeout: float = Field(30.0, gt=0)
     upstream_chunk_gap_timeout: float = Field(30.0, gt=0)
     upstream_retries: int = Field(3, ge=0)
     upstream_backoff_base: float = Field(0.5, ge=0)
     upstream_max_continuations: int = Field(2, ge=0)
+    upstream_retry_after_cap: float = Field(8.0, ge=0)
 
     # Sessions
     session_idle_seconds: float = Field(300.0, gt=0)
@@ -110,7 +112,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_prod(self) -> "Settings":
+    def _check_prod(self) -> Settings:
         if len(self.jwt_secret.encode()) < 32:
             raise ValueError("JWT_SECRET must be at least 32 bytes")
         if self.api_env == "prod":

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
@@ -82,12 +82,11 @@ class Profile:
 
     @classmethod
     def from_mapping(cls, data: dict[str, str], default_model: str) -> Profile:
-        base = cls(model=data.get("model") or default_model)
-        floats = {}
+        fields: dict[str, Any] = {"model": data.get("model") or default_model}
         for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
             if name in data:
-                floats[name] = float(data[name])
-        return replace(base, **floats)
+                fields[name] = float(data[name])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,7 @@ class ContextStore:
         await self._redis.transaction(commands)
 
     async def save_profile(self, user_id: int, room: str, profile: Profile) -> None:
-        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
+        profile_key, _messages_key, _meta_key = keys = self._keys(user_id, room)
         await self._redis.transaction(
             [["HSET", profile_key, *_flatten(profile.to_mapping())], *self._expire_all(keys)]
         )

@@ -65,7 +65,7 @@ def current(url: str) -> str | None:
     return asyncio.run(run())
 
 
-def prepare_database(settings: "Settings") -> str | None:
+def prepare_database(settings: Settings) -> str | None:
     """Start-up: bootstrap the database and user (when root credentials are given), then
     upgrade to head. Returns the revision now applied."""
     from storage.bootstrap import bootstrap

@@ -70,16 +70,16 @@ class User:
 
 
 def server_settings(db_settings: Settings, **overrides: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        api_env="test",
-        redis_key_prefix=db_settings.redis_key_prefix,
-        database_url=db_settings.database_url,
-        cookie_secure=False,
-        trusted_hosts=["localhost", "127.0.0.1"],
-        upstream_backoff_base=0.01,
-        upstream_first_byte_timeout=2.0,
-        upstream_chunk_gap_timeout=2.0,
-    )
+    values: dict[str, Any] = {
+        "api_env": "test",
+        "redis_key_prefix": db_settings.redis_key_prefix,
+        "database_url": db_settings.database_url,
+        "cookie_secure": False,
+        "trusted_hosts": ["localhost", "127.0.0.1"],
+        "upstream_backoff_base": 0.01,
+        "upstream_first_byte_timeout": 2.0,
+        "upstream_chunk_gap_timeout": 2.0,
+    }
     values.update(overrides)
     return load_settings(**values)
 

@@ -28,9 +28,9 @@ from web import (
     routes_user,
     ws,
 )
-from web.chat_service import open_chat_service
 from web.access_control import access_control
 from web.access_log import AccessLogMiddleware
+from web.chat_service import open_chat_service
 from web.cors import CorsMiddleware
 from web.docs import install_docs
 from web.errors import JsonErrorRequest, install_error_handlers

@@ -16,7 +16,7 @@ from core.settings import Settings
 from storage import accounts
 from web.errors import ErrorBody
 from web.jwt_tokens import bearer_value, issue_token
-from web.schemas import Credentials, TokenOut
+from web.schemas import Credentials, LoggedOut, TokenOut
 from web.services import get_services
 from web.state import state_of
 
@@ -94,3 +94,14 @@ async def login(sns_type: str, data: Credentials) -> Response:
         raise ApiError(401, "invalid_credentials", "Wrong email or password.")
     state_of(request.scope).user_id = user.id
     return _token_response(services.settings, user.id, 200)
+
+
+@bp.post("/logout")
+@tag(["auth"])
+@document_response(LoggedOut, 200)
+async def logout() -> Response:
+    """Expire the ``Authorization`` cookie (a bearer token simply stops being sent)."""
+    response = jsonify(LoggedOut().model_dump())
+    response.delete_cookie("Authorization", path="/", secure=get_services(current_app).settings
+                           .cookie_secure, httponly=True, samesite="Lax")
+    return response

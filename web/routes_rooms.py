@@ -10,7 +10,12 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 from quart import Blueprint, current_app
-from quart_schema import security_scheme_blueprint, tag_blueprint, validate_request, validate_response
+from quart_schema import (
+    security_scheme_blueprint,
+    tag_blueprint,
+    validate_request,
+    validate_response,
+)
 
 from chat_actors.service import Chat
 from core.errors import ApiError

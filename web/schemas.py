@@ -133,3 +133,7 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     redis: str
     database: str
+
+
+class LoggedOut(BaseModel):
+    logged_out: bool = True

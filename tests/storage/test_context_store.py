@@ -50,7 +50,7 @@ async def test_profile_round_trip(redis_actor: RedisActor) -> None:
 async def test_every_use_refreshes_the_ttl(redis_actor: RedisActor) -> None:
     store = store_for(redis_actor, ttl=1000)
     await store.change(USER, ROOM, append=[msg(1)], next_id=1, count=1)
-    profile_key, messages_key, meta_key = keys(redis_actor)
+    _profile_key, messages_key, meta_key = keys(redis_actor)
     await redis_actor.execute("EXPIRE", messages_key, 10)
     await store.load(USER, ROOM)
     assert 990 < int(await redis_actor.execute("TTL", messages_key)) <= 1000
@@ -75,7 +75,7 @@ async def test_partly_missing_context_is_reported_and_repaired(redis_actor: Redi
     store = store_for(redis_actor)
     await store.save_profile(USER, ROOM, Profile(model="gpt-4o"))
     await store.change(USER, ROOM, append=[msg(1), msg(2, "assistant")], next_id=7, count=2)
-    profile_key, messages_key, meta_key = keys(redis_actor)
+    profile_key, _messages_key, meta_key = keys(redis_actor)
     await redis_actor.execute("DEL", profile_key)
     await redis_actor.execute("HSET", meta_key, "count", 5)
     loaded = await store.load(USER, ROOM)

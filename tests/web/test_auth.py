@@ -162,3 +162,11 @@ async def test_user_status_checked_on_every_request(client: Client, app: object)
 async def test_token_for_unknown_user(client: Client, web_settings: Settings) -> None:
     r = await client.get("/api/user/me", headers=bearer("Bearer " + issue_token(web_settings, 424242)))
     assert r.status_code == 401 and await error_code(r) == "user_not_found"
+
+
+async def test_logout_expires_the_cookie(client: Client) -> None:
+    await register(client, "bye@example.com")
+    r = await client.post("/api/auth/logout")
+    assert r.status_code == 200 and (await r.get_json()) == {"logged_out": True}
+    cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith("Authorization=;") and "Max-Age=0" in cookie
