@@ -113,10 +113,15 @@ class SessionSnapshot:
 # ---------------------------------------------------------------- state
 @dataclass
 class SessionSlot:
-    """What survives a crash of the actor: the attached outboxes (sockets stay connected)."""
+    """What survives a crash of the actor: the attached outboxes (sockets stay connected), the
+    user messages waiting for an answer, and the answer in progress (its text is stored, marked
+    partial, by the next incarnation)."""
 
     key: SessionKey
     outboxes: dict[int, Outbox] = field(default_factory=dict)
+    pending: deque[UserInput] = field(default_factory=deque)
+    generation: Generation | None = None
+    generations_started: int = 0  # ids stay unique across incarnations (the mailbox does too)
     incarnations: int = 0
 
 
@@ -146,9 +151,7 @@ class SessionActor(Actor[SessionMsg]):
         self.profile = Profile(model=deps.settings.default_model)
         self.messages: list[StoredMessage] = []
         self.next_id = 0
-        self.generation: Generation | None = None
-        self.pending: deque[UserInput] = deque()
-        self._gen_ids = 0
+        self.pending = slot.pending
         self._last_activity = 0.0
 
     # ------------------------------------------------------------ lifecycle
@@ -161,11 +164,47 @@ class SessionActor(Actor[SessionMsg]):
             loaded.profile, loaded.messages, loaded.next_id)
         self._touch()
         if self.slot.incarnations > 1:
-            self._broadcast(frames.error_frame(
-                self.key.room, "session_restarted",
-                "The chat session hit an internal error and was restarted; your history is kept.",
-            ))
+            await self._recover()
         self.nursery.start_soon(self._idle_watch)
+
+    async def on_stop(self) -> None:
+        """A graceful stop (idle, room deleted, server shutdown) keeps an answer in progress."""
+        gen, self.generation = self.generation, None
+        if gen is not None:
+            gen.cancel_scope.cancel()
+            self._broadcast(frames.error_frame(
+                self.key.room, "session_stopped", "The chat session stopped; the answer was cut "
+                "short and its text kept."))
+            if gen.text:
+                try:
+                    await self._store_answer(gen.so_far, partial=True)
+                except StorageError as exc:
+                    log.error("session %s/%s lost a stopped answer: %s",
+                              self.key.user_id, self.key.room, exc)
+
+    async def _recover(self) -> None:
+        """After a crash: keep the interrupted answer's text, tell the sockets, go on."""
+        interrupted, self.generation = self.generation, None
+        if interrupted is not None and interrupted.text:
+            try:
+                await self._store_answer(interrupted.so_far, partial=True)
+            except StorageError as exc:
+                log.error("session %s/%s lost an interrupted answer: %s",
+                          self.key.user_id, self.key.room, exc)
+        self._broadcast(frames.error_frame(
+            self.key.room, "session_restarted",
+            "The chat session hit an internal error and was restarted; your history is kept.",
+        ))
+        if self.pending:
+            self.nursery.start_soon(self.ref.cast, ResumeQueue())
+
+    @property
+    def generation(self) -> Generation | None:
+        return self.slot.generation
+
+    @generation.setter
+    def generation(self, value: Generation | None) -> None:
+        self.slot.generation = value
 
     # ------------------------------------------------------------ the loop
     async def handle(self, msg: SessionMsg) -> object:
@@ -245,8 +284,9 @@ class SessionActor(Actor[SessionMsg]):
         self.start_generation(user_msg)
 
     def start_generation(self, answering: StoredMessage) -> None:
-        self._gen_ids += 1
-        gen = Generation(id=self._gen_ids, answering=answering, started_at=trio.current_time())
+        self.slot.generations_started += 1
+        gen = Generation(id=self.slot.generations_started, answering=answering,
+                         started_at=trio.current_time())
         self.generation = gen
         self.nursery.start_soon(self._generate, gen)
 
@@ -337,7 +377,8 @@ class SessionActor(Actor[SessionMsg]):
             await self.stop_generation()
         await self.deps.store.delete(self.key.user_id, self.key.room)
         await self.deps.rooms.deleted(self.key.user_id, self.key.room)
-        self.messages, self.pending = [], deque()
+        self.messages = []
+        self.pending.clear()
         self.profile = Profile(model=self.settings.default_model)
         self._broadcast(frames.reply_frame(self.key.room, "This chat room was deleted."))
 

@@ -106,3 +106,41 @@ async def test_test_hook_is_refused_outside_tests(db_settings: Settings) -> None
     registry = SessionRegistry(deps=None, test_hooks=False)  # type: ignore[arg-type]
     with pytest.raises(PermissionError):
         await registry.crash_for_test(1, "0")
+
+
+async def test_crash_mid_answer_keeps_the_text_and_the_queue(chat: Chat) -> None:
+    box = Outbox()
+    ref = await chat.registry.attach(6, "0", box)
+    await drain(box)
+    await chat.registry.send(ref, box, "first [mock tokens=400 delay_ms=10]")
+    await chat.registry.send(ref, box, "second")
+    with trio.fail_after(5):
+        while not frames.is_delta(await box.next_frame()):
+            pass
+    await chat.registry.crash_for_test(6, "0")
+    seen: list[dict[str, object]] = []
+    with trio.fail_after(10):
+        while True:
+            frame = await box.next_frame()
+            seen.append(frame)
+            if frame["finish"] and "error" not in frame and not frame["init"]:
+                break  # the queued "second" was answered after the restart
+    assert any(f.get("error", {}).get("code") == "session_restarted" for f in seen)  # type: ignore[union-attr]
+    snap = await chat.registry.snapshot(6, "0")
+    roles = [(m.role, m.partial) for m in snap.messages]
+    assert roles == [("user", False), ("assistant", True), ("user", False), ("assistant", False)]
+    assert snap.messages[3].content == expected_answer([{"role": "user", "content": "second"}], 40)
+
+
+async def test_stopping_a_session_keeps_the_answer_in_progress(chat: Chat) -> None:
+    box = Outbox()
+    ref = await chat.registry.attach(7, "0", box)
+    await drain(box)
+    await chat.registry.send(ref, box, "long [mock tokens=400 delay_ms=10]")
+    with trio.fail_after(5):
+        while not frames.is_delta(await box.next_frame()):
+            pass
+    await chat.registry.stop_session(7, "0")
+    snap = await chat.registry.snapshot(7, "0")
+    assert [(m.role, m.partial) for m in snap.messages] == [("user", False), ("assistant", True)]
+    assert snap.messages[1].content
