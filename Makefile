@@ -8,9 +8,15 @@ PIP    := $(VENV)/bin/pip
 
 .PHONY: run test install install-dev vendor migrate lint mock bench-storage
 
-run: install vendor
-	@test -f .env || (cp .env-sample .env && echo "created .env from .env-sample")
+run: install vendor .env
 	$(PY) -m scripts.serve
+
+# First start: .env from .env-sample with a random JWT_SECRET (the sample's value is public and
+# refused outside the tests). An existing .env is never touched.
+.env:
+	@secret=$$($(PYTHON) -c "import secrets; print(secrets.token_urlsafe(48))") && \
+	  sed "s|^JWT_SECRET=.*|JWT_SECRET=$$secret|" .env-sample > .env.tmp && mv .env.tmp .env && \
+	  echo "created .env from .env-sample (with a random JWT_SECRET)"
 
 test: install-dev vendor
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -39,7 +45,7 @@ web/static/vendor/.stamp: package-lock.json package.json scripts/vendor_js.py | 
 	$(PY) -m scripts.vendor_js
 	touch $@
 
-migrate: install
+migrate: install .env
 	$(PY) -m storage.migrate upgrade
 
 mock: install

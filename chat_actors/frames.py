@@ -13,9 +13,15 @@ from typing import Any
 Frame = dict[str, Any]
 
 
+def wire_room_id(room: str) -> int | str:
+    """Rooms are strings inside; on the wire a numeric one is an integer, as v1 clients send."""
+    return int(room) if room.isdigit() and str(int(room)) == room else room
+
+
 def _frame(msg: str, *, finish: bool, room: str, is_user: bool = False,
            init: bool = False) -> Frame:
-    return {"msg": msg, "finish": finish, "chat_room_id": room, "is_user": is_user, "init": init}
+    return {"msg": msg, "finish": finish, "chat_room_id": wire_room_id(room), "is_user": is_user,
+            "init": init}
 
 
 def init_frame(room: str, history: Iterable[dict[str, Any]]) -> Frame:

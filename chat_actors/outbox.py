@@ -1,16 +1,20 @@
 """A socket, as the chat actors see it: an outbox that never blocks the session.
 
 The session pushes frames with ``push`` (synchronous, never waits). The socket's writer task
-takes them with ``next_frame``. When the writer falls behind, consecutive deltas of an answer are
-merged into one frame (the concatenation of all deltas is still the whole answer), so a slow
-socket costs one growing string instead of a growing queue. A socket whose oldest pending frame
-has waited longer than ``stuck_after`` seconds, or whose queue of non-mergeable frames exceeds
-``max_frames``, is closed: the session drops it instead of waiting for it.
+takes them with ``next_frame``. When the writer falls behind, consecutive deltas of one room's
+answer are merged into one frame (the concatenation of all deltas is still the whole answer), so
+a slow socket costs one growing list of strings instead of a growing queue of frames.
+
+A socket is cut instead of waited for: when the oldest frame it has not taken has waited longer
+than ``stuck_after`` seconds, or when more than ``max_frames`` unmergeable frames pile up, the
+outbox closes with a reason, drops what is queued, and ``closed_event`` fires so the socket's
+tasks can close the connection even while the writer is blocked in a send.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 from itertools import count
 
 import trio
@@ -24,62 +28,71 @@ class OutboxClosed(Exception):
     """The outbox was closed (by the session, or because its socket went away)."""
 
 
+@dataclass
+class _Queued:
+    frame: Frame
+    since: float  # when it was queued: what "stuck" is measured against
+    parts: list[str] = field(default_factory=list)  # merged delta texts, joined on the way out
+
+    def take(self) -> Frame:
+        if not self.parts:
+            return self.frame
+        return {**self.frame, "msg": self.frame["msg"] + "".join(self.parts)}
+
+
 class Outbox:
     def __init__(self, *, max_frames: int = 256, stuck_after: float = 30.0) -> None:
         self.id = next(_ids)
-        self._frames: deque[Frame] = deque()
-        self._oldest_at: float | None = None
+        self._queue: deque[_Queued] = deque()
         self._wakeup = trio.Event()
         self._max_frames = max_frames
         self._stuck_after = stuck_after
         self.closed = False
         self.close_reason = ""
+        self.closed_event = trio.Event()
         self.frames_pushed = 0
         self.frames_coalesced = 0
 
     def push(self, frame: Frame) -> bool:
-        """Queue a frame; returns False (and closes the outbox) if the socket is stuck."""
+        """Queue a frame; False (and the outbox closed) when the socket is stuck or gone."""
         if self.closed:
             return False
         now = trio.current_time()
-        if self._oldest_at is not None and now - self._oldest_at > self._stuck_after:
-            self.close("socket stuck: not reading")
+        if self._queue and now - self._queue[0].since > self._stuck_after:
+            self.close("socket stuck: not reading", drop=True)
             return False
         self.frames_pushed += 1
-        if self._frames and mergeable(self._frames[-1], frame):
-            last = self._frames[-1]
-            self._frames[-1] = {**last, "msg": last["msg"] + frame["msg"]}
+        if self._queue and mergeable(self._queue[-1].frame, frame):
+            self._queue[-1].parts.append(frame["msg"])
             self.frames_coalesced += 1
+        elif len(self._queue) >= self._max_frames:
+            self.close("socket too slow: too many pending frames", drop=True)
+            return False
         else:
-            if len(self._frames) >= self._max_frames:
-                self.close("socket too slow: too many pending frames")
-                return False
-            self._frames.append(frame)
-        if self._oldest_at is None:
-            self._oldest_at = now
+            self._queue.append(_Queued(frame, now))
         self._wakeup.set()
         return True
 
-    def close(self, reason: str = "") -> None:
-        if not self.closed:
-            self.closed = True
-            self.close_reason = reason
-            self._wakeup.set()
+    def close(self, reason: str = "", *, drop: bool = False) -> None:
+        """No more frames. A socket cut for ``drop`` loses what is queued; otherwise the writer
+        drains it first. A ``reason`` tells the writer to close the connection with it."""
+        if self.closed:
+            return
+        self.closed, self.close_reason = True, reason
+        if drop:
+            self._queue.clear()
+        self._wakeup.set()
+        self.closed_event.set()
 
     async def next_frame(self) -> Frame:
         """The next frame to send; raises ``OutboxClosed`` once closed and drained."""
-        while not self._frames:
+        while not self._queue:
             if self.closed:
                 raise OutboxClosed(self.close_reason)
             self._wakeup = trio.Event()
             await self._wakeup.wait()
-        if self.closed and self.close_reason:
-            # Stuck sockets are dropped at once; a plain close drains what is queued first.
-            raise OutboxClosed(self.close_reason)
-        frame = self._frames.popleft()
-        self._oldest_at = trio.current_time() if self._frames else None
-        return frame
+        return self._queue.popleft().take()
 
     @property
     def pending(self) -> int:
-        return len(self._frames)
+        return len(self._queue)

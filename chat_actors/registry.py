@@ -8,11 +8,13 @@ stay attached), a normal stop (idle, room deleted) ends it for good.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Hashable
 
 import trio
 import trio.lowlevel
 
+from chat_actors import frames
 from chat_actors.actor import ActorRef
 from chat_actors.outbox import Outbox
 from chat_actors.session import (
@@ -29,7 +31,7 @@ from chat_actors.session import (
 )
 from chat_actors.session_deps import SessionDeps
 from chat_actors.supervisor import ChildSpec, DynamicSupervisor, Restart
-from core.errors import ActorDead
+from core.errors import ActorDead, SupervisorGaveUp
 
 log = logging.getLogger("chat.registry")
 
@@ -42,6 +44,9 @@ class SessionRegistry:
         self.deps = deps
         self._test_hooks = test_hooks
         self._mailbox_size = mailbox_size
+        # The slot of each session's latest start; gone with its supervisor child.
+        self._slots: weakref.WeakValueDictionary[Hashable, SessionSlot] = (
+            weakref.WeakValueDictionary())
         self._sup: DynamicSupervisor[SessionMsg] = DynamicSupervisor(
             max_restarts=3, max_seconds=10.0, on_crash=self._on_crash)
 
@@ -57,9 +62,21 @@ class SessionRegistry:
 
     def _on_crash(self, key: Hashable, exc: BaseException) -> None:
         log.error("session %s crashed: %r", key, exc)
+        slot = self._slots.get(key)
+        if isinstance(exc, SupervisorGaveUp) and slot is not None:
+            # Restarting did not help: tell the sockets and close them; their clients
+            # reconnect to a fresh session, the stored history is still there.
+            frame = frames.error_frame(
+                key.room if isinstance(key, SessionKey) else "0", "session_failed",
+                "The chat session kept failing and was stopped; reconnect to continue.",
+                close=True)
+            for outbox in list(slot.outboxes.values()):
+                outbox.push(frame)
+                outbox.close("session failed")
 
     def _spec(self, key: SessionKey) -> ChildSpec[SessionMsg]:
         slot = SessionSlot(key)
+        self._slots[key] = slot
         return ChildSpec(
             key=key,
             factory=lambda: SessionActor(slot, self.deps),
@@ -88,16 +105,18 @@ class SessionRegistry:
 
     @staticmethod
     async def detach(ref: SessionRef, outbox: Outbox) -> None:
-        """Best effort, safe in ``finally`` (the session also drops closed outboxes)."""
+        """Once this returns, the session pushes nothing more into ``outbox``. Safe in
+        ``finally``; if the session cannot answer in time it still drops the outbox once it
+        sees it closed."""
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
-                await ref.cast(Detach(outbox.id))
+                await ref.call(Detach(outbox.id))
             except ActorDead:
                 pass
 
     @staticmethod
-    async def send(ref: SessionRef, outbox: Outbox, text: str, translate: bool = False) -> None:
-        await ref.cast(UserInput(outbox.id, text, translate))
+    async def send(ref: SessionRef, outbox: Outbox, text: str) -> None:
+        await ref.cast(UserInput(outbox.id, text))
 
     async def stop_session(self, user_id: int, room: str) -> None:
         await self._sup.terminate_child(SessionKey(user_id, room))
@@ -114,7 +133,8 @@ class SessionRegistry:
         await ref.cast(CrashForTest())
 
     def keys_of(self, user_id: int) -> list[SessionKey]:
-        return [k for k in self._sup if isinstance(k, SessionKey) and k.user_id == user_id]
+        keys = self._sup.keys()  # a supervisor, not a dict: it is not iterable itself
+        return [k for k in keys if isinstance(k, SessionKey) and k.user_id == user_id]
 
     def __len__(self) -> int:
         return len(self._sup)

@@ -9,6 +9,7 @@ then the upstream clients close.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,23 +21,61 @@ from chat_actors.session_commands import CommandRunner
 from chat_actors.session_deps import SessionDeps
 from chat_actors.translate import Translator
 from chat_actors.upstream import UpstreamClient, open_upstream
+from core.errors import StorageError
 from core.settings import Settings
 from storage import Storage
 from storage.context_store import ContextStore
-from storage.rooms import delete_room, touch_room
+from storage.rooms import delete_room, touch_rooms
 
 
-@dataclass(frozen=True)
 class RoomHooks:
-    """Keeps the MariaDB room rows in step with the sessions."""
+    """Keeps the MariaDB room rows in step with the sessions.
 
-    storage: Storage
+    A socket entering a room must not wait for SQL: ``touched`` only notes the room, and one
+    writer task records every room noted meanwhile in one upsert (creating new rooms, setting
+    ``last_used_at``). ``flush`` waits until what was noted is written (before listing rooms).
+    """
 
-    async def touched(self, user_id: int, room: str) -> None:
-        await self.storage.sql.run(touch_room(user_id, room))
+    FLUSH_EVERY = 0.2  # seconds: how long touches gather before one write
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._dirty: set[tuple[int, str]] = set()
+        self._writing = False
+        self._wakeup = trio.Event()
+        self._flushed = trio.Event()
+
+    def touched(self, user_id: int, room: str) -> None:
+        self._dirty.add((user_id, room))
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        while self._dirty or self._writing:
+            await self._flushed.wait()
 
     async def deleted(self, user_id: int, room: str) -> None:
+        self._dirty.discard((user_id, room))
+        await self.flush()  # a write in flight must not bring the row back afterwards
         await self.storage.sql.run(delete_room(user_id, room))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            await trio.sleep(self.FLUSH_EVERY)
+            self._wakeup = trio.Event()
+            batch, self._dirty, self._writing = self._dirty, set(), True
+            try:
+                await self.storage.sql.run(touch_rooms(sorted(batch)))
+            except StorageError as exc:
+                log.warning("could not record %d room(s): %s", len(batch), exc)
+            finally:
+                self._writing = False
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+
+log = logging.getLogger("chat.rooms")
 
 
 @dataclass(frozen=True)
@@ -46,6 +85,7 @@ class Chat:
     store: ContextStore
     upstream: UpstreamClient
     rooms: RoomHooks
+    translator: Translator
 
     async def delete_room(self, user_id: int, room: str) -> None:
         """Stop the room's session, then remove its stored context and its row."""
@@ -67,12 +107,17 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
     rooms = RoomHooks(storage)
     async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
         deps = SessionDeps(settings=settings, store=store, upstream=upstream,
-                           commands=CommandRunner(), translate=translator, rooms=rooms)
+                           commands=CommandRunner(), rooms=rooms)
         registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
         async with trio.open_nursery() as nursery:
+            await nursery.start(rooms.run)
             await nursery.start(registry.run)
             try:
                 yield Chat(settings=settings, registry=registry, store=store,
-                           upstream=upstream, rooms=rooms)
+                           upstream=upstream, rooms=rooms, translator=translator)
             finally:
                 await registry.stop()
+                with trio.move_on_after(2) as scope:
+                    scope.shield = True
+                    await rooms.flush()
+                nursery.cancel_scope.cancel()

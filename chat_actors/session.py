@@ -2,7 +2,8 @@
 
 It owns the session's profile and history (mirrored durably through ``ContextStore``), the
 generation in progress, the FIFO of user messages waiting for it, and the attached sockets'
-outboxes. Sockets, commands and generations reach it only through its mailbox.
+outboxes. Sockets, commands and generations reach it only through its mailbox; the generation
+task streams deltas straight into the outboxes and casts ``GenerationEnded`` back when done.
 
 Reads top to bottom: the messages it accepts, its state, its loop (``handle``), its helpers.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,8 +32,6 @@ from core.errors import (
     StorageError,
     UpstreamContentFilter,
     UpstreamError,
-    UpstreamRateLimited,
-    UpstreamTimeout,
 )
 from storage.context_store import Profile, Role, StoredMessage
 
@@ -54,7 +53,9 @@ class Attach(Request[None]):
 
 
 @dataclass(frozen=True)
-class Detach:
+class Detach(Request[None]):
+    """A socket leaves; once answered, the session pushes nothing more into its outbox."""
+
     outbox_id: int
 
 
@@ -64,7 +65,6 @@ class UserInput:
 
     outbox_id: int
     text: str
-    translate: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class GenerationEnded:
     """Cast by the generation task to its own actor when the upstream stream is over."""
 
     gen_id: int
-    error: BaseException | None
+    error: ChatServerError | None
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class IdleTick:
 
 @dataclass(frozen=True)
 class ResumeQueue:
-    """Answer the queued messages (after /stop ended an answer)."""
+    """Answer the queued messages (after /stop ended an answer, or after a restart)."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,8 @@ class Snapshot(Request["SessionSnapshot"]):
     pass
 
 
-SessionMsg = (Attach | Detach | UserInput | GenerationEnded | IdleTick | ResumeQueue | CrashForTest
-              | Snapshot)
+SessionMsg = (Attach | Detach | UserInput | GenerationEnded | IdleTick | ResumeQueue
+              | CrashForTest | Snapshot)
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,22 @@ class SessionSnapshot:
 
 # ---------------------------------------------------------------- state
 @dataclass
+class Generation:
+    id: int
+    answering: StoredMessage
+    #: Answers this one replaces once it is stored (``/retry``): until then they stay.
+    replaces: list[StoredMessage] = field(default_factory=list)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    parts: list[str] = field(default_factory=list)
+    #: The stream is over and GenerationEnded is on its way: /stop has nothing left to stop.
+    finished: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@dataclass
 class SessionSlot:
     """What survives a crash of the actor: the attached outboxes (sockets stay connected), the
     user messages waiting for an answer, and the answer in progress (its text is stored, marked
@@ -125,17 +141,13 @@ class SessionSlot:
     incarnations: int = 0
 
 
-@dataclass
-class Generation:
-    id: int
-    answering: StoredMessage
-    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    text: list[str] = field(default_factory=list)
-    started_at: float = 0.0
-
-    @property
-    def so_far(self) -> str:
-        return "".join(self.text)
+HUMAN_ERRORS = {
+    "upstream_timeout": "The model took too long to answer; the answer was cut short.",
+    "rate_limited": "The model is rate limited right now; please retry in a moment.",
+    "upstream_error": "The model's server failed; the answer was cut short.",
+    "content_filter": "The model's content filter stopped this answer; nothing was stored.",
+    "storage_unavailable": "The chat history could not be saved; please retry.",
+}
 
 
 def utc_stamp() -> int:
@@ -154,50 +166,6 @@ class SessionActor(Actor[SessionMsg]):
         self.pending = slot.pending
         self._last_activity = 0.0
 
-    # ------------------------------------------------------------ lifecycle
-    async def on_start(self) -> None:
-        self.slot.incarnations += 1
-        loaded = await self.deps.store.load(self.key.user_id, self.key.room)
-        for repair in loaded.repairs:
-            log.warning("session %s/%s repaired: %s", self.key.user_id, self.key.room, repair)
-        self.profile, self.messages, self.next_id = (
-            loaded.profile, loaded.messages, loaded.next_id)
-        self._touch()
-        if self.slot.incarnations > 1:
-            await self._recover()
-        self.nursery.start_soon(self._idle_watch)
-
-    async def on_stop(self) -> None:
-        """A graceful stop (idle, room deleted, server shutdown) keeps an answer in progress."""
-        gen, self.generation = self.generation, None
-        if gen is not None:
-            gen.cancel_scope.cancel()
-            self._broadcast(frames.error_frame(
-                self.key.room, "session_stopped", "The chat session stopped; the answer was cut "
-                "short and its text kept."))
-            if gen.text:
-                try:
-                    await self._store_answer(gen.so_far, partial=True)
-                except StorageError as exc:
-                    log.error("session %s/%s lost a stopped answer: %s",
-                              self.key.user_id, self.key.room, exc)
-
-    async def _recover(self) -> None:
-        """After a crash: keep the interrupted answer's text, tell the sockets, go on."""
-        interrupted, self.generation = self.generation, None
-        if interrupted is not None and interrupted.text:
-            try:
-                await self._store_answer(interrupted.so_far, partial=True)
-            except StorageError as exc:
-                log.error("session %s/%s lost an interrupted answer: %s",
-                          self.key.user_id, self.key.room, exc)
-        self._broadcast(frames.error_frame(
-            self.key.room, "session_restarted",
-            "The chat session hit an internal error and was restarted; your history is kept.",
-        ))
-        if self.pending:
-            self.nursery.start_soon(self.ref.cast, ResumeQueue())
-
     @property
     def generation(self) -> Generation | None:
         return self.slot.generation
@@ -206,17 +174,55 @@ class SessionActor(Actor[SessionMsg]):
     def generation(self, value: Generation | None) -> None:
         self.slot.generation = value
 
+    # ------------------------------------------------------------ lifecycle
+    async def on_start(self) -> None:
+        self.slot.incarnations += 1
+        loaded = await self.deps.store.load(self.key.user_id, self.key.room)
+        for repair in loaded.repairs:
+            log.error("session %s/%s context repaired: %s", self.key.user_id, self.key.room,
+                      repair)
+        self.profile, self.messages, self.next_id = (
+            loaded.profile, loaded.messages, loaded.next_id)
+        self._touch()
+        if self.slot.incarnations > 1:
+            await self._recover()
+        self.nursery.start_soon(self._idle_watch)
+
+    async def _recover(self) -> None:
+        """After a crash: keep the interrupted answer's text, tell the sockets, go on."""
+        notice = frames.error_frame(
+            self.key.room, "session_restarted",
+            "The chat session hit an internal error and was restarted; your history is kept.")
+        if self.generation is not None:
+            await self._end_answer(notice)  # the notice ends the interrupted answer
+        else:
+            self._push(self._outboxes(), notice)
+        if self.pending:
+            self.nursery.start_soon(self.ref.cast, ResumeQueue())
+
+    async def on_stop(self) -> None:
+        """A graceful stop (idle, room deleted, shutdown) keeps an answer in progress."""
+        await self._end_answer(frames.error_frame(
+            self.key.room, "session_stopped",
+            "The chat session stopped; the answer was cut short and its text kept."))
+        if self.pending:
+            dropped = len(self.pending)
+            self.pending.clear()
+            self._push(self._outboxes(), frames.error_frame(
+                self.key.room, "session_stopped",
+                f"The chat session stopped; {dropped} waiting message(s) were not answered."))
+
     # ------------------------------------------------------------ the loop
     async def handle(self, msg: SessionMsg) -> object:
         if isinstance(msg, (Attach, Detach, UserInput)):
             self._touch()
         match msg:
             case Attach(outbox=outbox):
-                self.slot.outboxes[outbox.id] = outbox
-                outbox.push(frames.init_frame(self.key.room, self.visible_history()))
-                if self.generation is not None and self.generation.text:
-                    outbox.push(frames.delta_frame(self.key.room, self.generation.so_far))
-                return None
+                if not outbox.closed:  # its socket may have gone while the call was queued
+                    self.slot.outboxes[outbox.id] = outbox
+                    outbox.push(frames.init_frame(self.key.room, self.visible_history()))
+                    if self.generation is not None and self.generation.parts:
+                        outbox.push(frames.delta_frame(self.key.room, self.generation.text))
             case Detach(outbox_id=outbox_id):
                 self.slot.outboxes.pop(outbox_id, None)
             case UserInput():
@@ -242,14 +248,11 @@ class SessionActor(Actor[SessionMsg]):
 
     # ------------------------------------------------------------ input
     async def _on_input(self, msg: UserInput) -> None:
-        text = msg.text
-        is_command = text.startswith("/")
-        if not is_command:
-            self._echo(msg.outbox_id, text)
+        is_command = msg.text.startswith("/")
         busy = self.generation is not None or bool(self.pending)
-        if busy and not (is_command and self.deps.commands.is_immediate(text)):
+        if busy and not (is_command and self.deps.commands.is_immediate(msg.text)):
             if len(self.pending) >= self.settings.session_queue_limit:
-                self._send(msg.outbox_id, frames.error_frame(
+                self.send(msg.outbox_id, frames.error_frame(
                     self.key.room, "busy",
                     "Too many messages are waiting for the current answer; try again shortly.",
                     f"queue limit {self.settings.session_queue_limit}"))
@@ -264,29 +267,40 @@ class SessionActor(Actor[SessionMsg]):
                 await self.deps.commands.run(self, msg.outbox_id, msg.text)
             else:
                 await self._ask(msg)
-        except BudgetError as exc:
-            self._send(msg.outbox_id, frames.error_frame(self.key.room, exc.code, str(exc)))
-        except StorageError as exc:
-            log.error("session %s/%s storage error: %s", self.key.user_id, self.key.room, exc)
-            self._send(msg.outbox_id, frames.error_frame(
-                self.key.room, "storage_unavailable",
-                "The chat history could not be saved; please retry.", type(exc).__name__))
+        except (BudgetError, StorageError) as exc:
+            if isinstance(exc, StorageError):
+                log.error("session %s/%s storage error: %s", self.key.user_id, self.key.room,
+                          exc)
+            self.send(msg.outbox_id, frames.error_frame(
+                self.key.room, exc.code, HUMAN_ERRORS.get(exc.code, str(exc)),
+                type(exc).__name__))
 
     async def _ask(self, msg: UserInput) -> None:
-        """Store the user message and start answering it."""
-        text = msg.text
-        if msg.translate:
-            text = await self.deps.translate(self, msg.outbox_id, text)
-        tokens = await count_tokens_async(text, "user", self.profile.model)
+        """Count and check the user message, start answering it, and store it meanwhile: the
+        upstream request does not wait for the storage round trip. If storing fails, the answer
+        is cancelled and the socket told; nothing else changed."""
+        tokens = await count_tokens_async(msg.text, "user", self.profile.model)
         check_message(self.messages, tokens, self.budget)
-        user_msg = self._new_message("user", text, tokens)
-        await self._store(append=[user_msg])
+        user_msg = self._new_message("user", msg.text, tokens)
         self.start_generation(user_msg)
+        try:
+            await self._store(append=[user_msg])
+        except StorageError as exc:
+            log.error("session %s/%s storage error: %s", self.key.user_id, self.key.room, exc)
+            if self.generation is not None and self.generation.answering is user_msg:
+                # The error takes the terminator's place as the answer's last frame.
+                await self._end_answer(self._error_frame(exc), store=False)
+            else:
+                self.send(msg.outbox_id, self._error_frame(exc))
+            return
+        echo = frames.echo_frame(self.key.room, msg.text)
+        self._push((o for o in self._outboxes() if o.id != msg.outbox_id), echo)
 
-    def start_generation(self, answering: StoredMessage) -> None:
+    def start_generation(self, answering: StoredMessage,
+                         replaces: Sequence[StoredMessage] = ()) -> None:
         self.slot.generations_started += 1
         gen = Generation(id=self.slot.generations_started, answering=answering,
-                         started_at=trio.current_time())
+                         replaces=list(replaces))
         self.generation = gen
         self.nursery.start_soon(self._generate, gen)
 
@@ -297,100 +311,106 @@ class SessionActor(Actor[SessionMsg]):
     # ------------------------------------------------------------ generation
     async def _generate(self, gen: Generation) -> None:
         """Child task: stream the answer; deltas go straight to the outboxes."""
-        error: BaseException | None = None
-        history = [m for m in self.messages if m.id != gen.answering.id]
-        prompt = build_prompt(history, gen.answering, self.budget)
-        request = ChatRequest(
-            model=self.profile.model,
-            messages=[{"role": m.role, "content": m.content} for m in prompt.messages],
-            temperature=self.profile.temperature,
-            top_p=self.profile.top_p,
-            presence_penalty=self.profile.presence_penalty,
-            frequency_penalty=self.profile.frequency_penalty,
-            max_tokens=self.budget.answer_reserve,
-            user=self.deps.opaque_user_id(self.key.user_id),
-        )
+        error: ChatServerError | None = None
 
         async def on_delta(delta: str) -> None:
-            if delta:
-                gen.text.append(delta)
-                self._broadcast(frames.delta_frame(self.key.room, delta))
+            # A delta read from the network before /stop was acted on must not follow the
+            # terminator: only the current, unstopped generation may push.
+            if delta and self.generation is gen and not gen.cancel_scope.cancel_called:
+                gen.parts.append(delta)
+                self._push(self._outboxes(), frames.delta_frame(self.key.room, delta))
 
         with gen.cancel_scope:
             try:
+                request = self._request_for(gen)
                 await self.deps.upstream.stream(request, on_delta)
-            except UpstreamError as exc:
+            except (UpstreamError, BudgetError) as exc:
                 error = exc
+            except Exception as exc:  # a bug or an unmapped client error: never crash the session
+                log.exception("session %s/%s generation failed", self.key.user_id, self.key.room)
+                error = UpstreamError(f"unexpected {type(exc).__name__}")
         if gen.cancel_scope.cancelled_caught:
             return  # stopped: the actor already ended this answer
+        gen.finished = True
         await self.ref.cast(GenerationEnded(gen.id, error))
 
-    async def _finish_generation(self, error: BaseException | None) -> None:
-        gen = self.generation
-        assert gen is not None
-        self.generation = None
-        text = gen.so_far
-        try:
-            if isinstance(error, UpstreamContentFilter):
-                self._broadcast(frames.error_frame(
-                    self.key.room, "content_filter",
-                    "The model's content filter stopped this answer; nothing was stored."))
-            elif error is not None:
-                if text:
-                    await self._store_answer(text, partial=True)
-                code, human = _upstream_error(error)
-                self._broadcast(frames.error_frame(self.key.room, code, human, str(error)))
-            else:
-                await self._store_answer(text, partial=False)
-                self._broadcast(frames.terminator_frame(self.key.room))
-        except StorageError as exc:
-            log.error("session %s/%s could not store an answer: %s",
-                      self.key.user_id, self.key.room, exc)
-            self._broadcast(frames.error_frame(
-                self.key.room, "storage_unavailable",
-                "The answer could not be saved.", type(exc).__name__))
+    def _context_for(self, answering: StoredMessage) -> list[StoredMessage]:
+        """What a prompt may draw on: the turns before the message being answered, and every
+        system message (one added later, e.g. before a /retry, still applies)."""
+        index = next((i for i, m in enumerate(self.messages) if m.id == answering.id), None)
+        if index is None:  # still being stored: everything so far came before it
+            return list(self.messages)
+        later_system = [m for m in self.messages[index + 1:] if m.role == "system"]
+        return self.messages[:index] + later_system
+
+    def _request_for(self, gen: Generation) -> ChatRequest:
+        """The prompt for one answer, within the model's budget."""
+        prompt = build_prompt(self._context_for(gen.answering), gen.answering, self.budget)
+        spec, p = self.settings.model_spec(self.profile.model), self.profile
+        sampling = not spec.reasoning
+        return ChatRequest(
+            model=p.model,
+            messages=[{"role": m.role, "content": m.content} for m in prompt.messages],
+            temperature=p.temperature if sampling else None,
+            top_p=p.top_p if sampling else None,
+            presence_penalty=p.presence_penalty if sampling else None,
+            frequency_penalty=p.frequency_penalty if sampling else None,
+            max_tokens=self.budget.answer_reserve if sampling else None,
+            max_completion_tokens=None if sampling else self.budget.answer_reserve,
+            user=self.deps.opaque_user_id(self.key.user_id),
+        )
+
+    async def _finish_generation(self, error: ChatServerError | None) -> None:
+        if isinstance(error, UpstreamContentFilter):
+            await self._end_answer(self._error_frame(error), store=False)
+        elif error is not None:
+            await self._end_answer(self._error_frame(error))
+        else:
+            await self._end_answer(frames.terminator_frame(self.key.room), complete=True)
         await self._next_pending()
 
     async def stop_generation(self) -> bool:
-        """/stop: end the answer at once, keep its text; False when nothing was running."""
-        gen = self.generation
-        if gen is None:
+        """/stop: end the answer at once, keep its text; False when nothing is left to stop."""
+        if self.generation is None or self.generation.finished:
             return False
-        gen.cancel_scope.cancel()  # the upstream response is closed as the task unwinds
-        self.generation = None
-        text = gen.so_far
-        # The terminator goes out first: /stop is answered at once, storing follows.
-        self._broadcast(frames.terminator_frame(self.key.room))
-        if text:
-            try:
-                await self._store_answer(text, partial=True)
-            except StorageError as exc:
-                log.error("session %s/%s could not store a stopped answer: %s",
-                          self.key.user_id, self.key.room, exc)
-        # Queued messages wait for the message loop, not for this handler.
+        await self._end_answer(frames.terminator_frame(self.key.room))
+        # Queued messages wait for the next turn of the message loop, not for this command.
         self.nursery.start_soon(self.ref.cast, ResumeQueue())
         return True
 
-    async def delete_room(self) -> None:
-        """/deletechatroom: the stored context and the room go; the session starts empty."""
-        if self.generation is not None:
-            await self.stop_generation()
-        await self.deps.store.delete(self.key.user_id, self.key.room)
-        await self.deps.rooms.deleted(self.key.user_id, self.key.room)
-        self.messages = []
-        self.pending.clear()
-        self.profile = Profile(model=self.settings.default_model)
-        self._broadcast(frames.reply_frame(self.key.room, "This chat room was deleted."))
+    async def _end_answer(self, last_frame: frames.Frame, *, complete: bool = False,
+                          store: bool = True) -> None:
+        """The one way an answer ends: cancel its stream, send its last frame at once, then
+        store its text (marked partial unless ``complete``) with the history trimmed."""
+        gen, self.generation = self.generation, None
+        if gen is None:
+            return
+        gen.cancel_scope.cancel()  # the upstream response closes as the task unwinds
+        self._push(self._outboxes(), last_frame)
+        if not store or not gen.parts:
+            return
+        try:
+            await self._store_answer(gen, partial=not complete)
+        except StorageError as exc:
+            log.error("session %s/%s could not store an answer: %s",
+                      self.key.user_id, self.key.room, exc)
+            self._push(self._outboxes(), self._error_frame(exc))
 
-    async def _store_answer(self, text: str, *, partial: bool) -> None:
-        """Append the answer and trim the history to budget in one storage transaction."""
-        tokens = await count_tokens_async(text, "assistant", self.profile.model)
-        answer = self._new_message("assistant", text, tokens, partial=partial)
-        after = [*self.messages, answer]
+    async def _store_answer(self, gen: Generation, *, partial: bool) -> None:
+        """Append the answer (dropping what it replaces) and trim the history to budget, in
+        one storage step."""
+        tokens = await count_tokens_async(gen.text, "assistant", self.profile.model)
+        answer = self._new_message("assistant", gen.text, tokens, partial=partial)
+        replaced = {m.id for m in gen.replaces}
+        after = [m for m in self.messages if m.id not in replaced] + [answer]
         dropped = [after[i] for i in trim_history(after, self.budget).drop]
-        await self._store(append=[answer], remove=dropped)
+        await self._store(append=[answer], remove=[*gen.replaces, *dropped])
 
-    # ------------------------------------------------------------ context helpers
+    def _error_frame(self, exc: ChatServerError) -> frames.Frame:
+        return frames.error_frame(self.key.room, exc.code,
+                                  HUMAN_ERRORS.get(exc.code, str(exc)), str(exc))
+
+    # ------------------------------------------------------------ context (for commands)
     @property
     def budget(self) -> Budget:
         return Budget.for_model(self.settings, self.profile.model)
@@ -403,36 +423,74 @@ class SessionActor(Actor[SessionMsg]):
 
     async def _store(self, *, append: Sequence[StoredMessage] = (),
                      remove: Sequence[StoredMessage] = ()) -> None:
-        """Apply a change durably, then in memory (so a failed write changes nothing)."""
-        removed_ids = {m.id for m in remove}
-        new_messages = [m for m in self.messages if m.id not in removed_ids] + list(append)
-        await self.deps.store.change(
-            self.key.user_id, self.key.room, append=append, remove=remove,
-            next_id=self.next_id, count=len(new_messages))
-        self.messages = new_messages
+        """Apply a change durably, then in memory (a failed write changes nothing).
 
-    async def remove_messages(self, doomed: list[StoredMessage]) -> None:
+        The session is the only writer of its context, so what it holds is the truth: when the
+        stored list turns out different (keys expired or deleted under a live session), the
+        context is rewritten whole from memory and the repair is logged, never silently lost.
+        """
+        removed = {m.id for m in remove}
+        after = [m for m in self.messages if m.id not in removed] + list(append)
+        applied = await self.deps.store.change(
+            self.key.user_id, self.key.room, append=append, remove=remove,
+            next_id=self.next_id, count=len(after))
+        if not applied:
+            log.error("session %s/%s stored context differed from the session's: rewritten",
+                      self.key.user_id, self.key.room)
+            await self.deps.store.rewrite(self.key.user_id, self.key.room, self.profile, after,
+                                          self.next_id)
+        self.messages = after
+
+    async def remove_messages(self, doomed: Sequence[StoredMessage]) -> None:
         await self._store(remove=doomed)
 
-    async def add_system(self, text: str) -> StoredMessage:
+    async def add_system(self, text: str, *, replace_all: bool = False) -> None:
+        """Add a system message (or replace all of them) in one storage step."""
         tokens = await count_tokens_async(text, "system", self.profile.model)
-        msg = self._new_message("system", text, tokens)
-        total = sum(m.tokens for m in self.messages if m.role == "system") + tokens
-        if total > self.budget.prompt_limit:
-            raise ContextOverflow("The system messages would not fit in the model's context window.",
-                                  tokens=total, limit=self.budget.prompt_limit)
-        await self._store(append=[msg])
-        return msg
+        old = [m for m in self.messages if m.role == "system"]
+        kept = 0 if replace_all else sum(m.tokens for m in old)
+        if kept + tokens > self.budget.prompt_limit:
+            raise ContextOverflow(
+                "The system messages would not fit in the model's context window.",
+                tokens=kept + tokens, limit=self.budget.prompt_limit)
+        await self._store(append=[self._new_message("system", text, tokens)],
+                          remove=old if replace_all else ())
 
-    async def clear(self, *, keep_system: bool) -> None:
-        keep = [m for m in self.messages if keep_system and m.role == "system"]
-        await self.deps.store.clear(self.key.user_id, self.key.room, keep=keep,
-                                    next_id=self.next_id)
-        self.messages = keep
+    async def clear(self, *, reset_profile: bool = False) -> None:
+        profile = Profile(model=self.settings.default_model) if reset_profile else None
+        await self.deps.store.clear(self.key.user_id, self.key.room, keep=[],
+                                    next_id=self.next_id, profile=profile)
+        self.messages = []
+        if profile is not None:
+            self.profile = profile
 
     async def set_profile(self, profile: Profile) -> None:
         await self.deps.store.save_profile(self.key.user_id, self.key.room, profile)
         self.profile = profile
+
+    async def retry(self) -> bool:
+        """Answer the last user message again; its old answer goes only once the new one is
+        stored. Checked against the budget first (the model may have changed)."""
+        users = [i for i, m in enumerate(self.messages) if m.role == "user"]
+        if not users:
+            return False
+        last_user = self.messages[users[-1]]
+        check_message(self._context_for(last_user), last_user.tokens, self.budget)
+        old = [m for m in self.messages[users[-1] + 1:] if m.role == "assistant"]
+        self.start_generation(last_user, replaces=old)
+        return True
+
+    async def delete_room(self) -> None:
+        """/deletechatroom: context and room row go; the session stops (the next message
+        starts a fresh one, in a fresh room)."""
+        await self._end_answer(frames.terminator_frame(self.key.room), store=False)
+        self.pending.clear()
+        await self.deps.store.delete(self.key.user_id, self.key.room)
+        await self.deps.rooms.deleted(self.key.user_id, self.key.room)
+        self.messages = []
+        self._push(self._outboxes(), frames.reply_frame(self.key.room,
+                                                        "This chat room was deleted."))
+        self.stop()
 
     def visible_history(self) -> list[dict[str, object]]:
         return [
@@ -442,29 +500,24 @@ class SessionActor(Actor[SessionMsg]):
         ]
 
     # ------------------------------------------------------------ outboxes
+    def _outboxes(self) -> list[Outbox]:
+        return list(self.slot.outboxes.values())
+
     def send(self, outbox_id: int, frame: frames.Frame) -> None:
-        self._send(outbox_id, frame)
-
-    def _send(self, outbox_id: int, frame: frames.Frame) -> None:
         outbox = self.slot.outboxes.get(outbox_id)
-        if outbox is not None and not outbox.push(frame):
-            self._drop(outbox)
+        if outbox is not None:
+            self._push([outbox], frame)
 
-    def _broadcast(self, frame: frames.Frame) -> None:
-        for outbox in list(self.slot.outboxes.values()):
+    def _push(self, outboxes: Iterable[Outbox], frame: frames.Frame) -> None:
+        """Never waits: an outbox that refuses (stuck, too slow, closed) is dropped."""
+        for outbox in outboxes:
             if not outbox.push(frame):
                 self._drop(outbox)
 
-    def _echo(self, from_id: int, text: str) -> None:
-        frame = frames.echo_frame(self.key.room, text)
-        for outbox in list(self.slot.outboxes.values()):
-            if outbox.id != from_id and not outbox.push(frame):
-                self._drop(outbox)
-
     def _drop(self, outbox: Outbox) -> None:
-        log.warning("session %s/%s dropped a socket: %s", self.key.user_id, self.key.room,
-                    outbox.close_reason)
-        self.slot.outboxes.pop(outbox.id, None)
+        if self.slot.outboxes.pop(outbox.id, None) is not None and outbox.close_reason:
+            log.warning("session %s/%s dropped a socket: %s", self.key.user_id, self.key.room,
+                        outbox.close_reason)
 
     # ------------------------------------------------------------ idleness
     def _touch(self) -> None:
@@ -474,28 +527,24 @@ class SessionActor(Actor[SessionMsg]):
         return trio.current_time() - self._last_activity
 
     def _is_idle(self) -> bool:
+        for outbox in self._outboxes():
+            if outbox.closed:  # its socket left without a Detach reaching us
+                self._drop(outbox)
         return not self.slot.outboxes and self.generation is None and not self.pending
 
     async def _idle_watch(self) -> None:
         idle = self.settings.session_idle_seconds
         while True:
-            await trio.sleep(max(idle - self._idle_for(), 0) + 0.001)
-            if self._idle_for() >= idle and self._is_idle():
+            await trio.sleep(max(idle - self._idle_for(), 0.0) + 0.01)
+            if self._idle_for() < idle:
+                continue  # touched meanwhile: sleep until the new deadline
+            if self._is_idle():
                 await self.ref.cast(IdleTick())
-                await trio.sleep(idle)
+            await trio.sleep(idle)  # busy (sockets, an answer) or just told: look again later
 
 
-def _upstream_error(error: BaseException) -> tuple[str, str]:
-    if isinstance(error, UpstreamTimeout):
-        return "upstream_timeout", "The model took too long to answer; the answer was cut short."
-    if isinstance(error, UpstreamRateLimited):
-        return "rate_limited", "The model is rate limited right now; please retry in a moment."
-    return "upstream_error", "The model's server failed; the answer was cut short."
-
-
-SessionFactory = Callable[[SessionSlot], SessionActor]
 __all__ = [
-    "Attach", "ChatServerError", "CrashForTest", "Detach", "GenerationEnded", "IdleTick",
-    "SessionActor", "SessionFactory", "SessionKey", "SessionMsg", "SessionSlot",
-    "SessionSnapshot", "Snapshot", "UserInput",
+    "Attach", "CrashForTest", "Detach", "GenerationEnded", "IdleTick", "ResumeQueue",
+    "SessionActor", "SessionKey", "SessionMsg", "SessionSlot", "SessionSnapshot", "Snapshot",
+    "UserInput",
 ]

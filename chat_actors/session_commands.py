@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from chat_actors import commands, frames
 from chat_actors.commands import Role, Sampling, SessionInfo
 from core.errors import CommandError
-from storage.context_store import Profile
 
 if TYPE_CHECKING:
     from chat_actors.session import SessionActor
@@ -34,20 +33,17 @@ class SessionCommands:
         removed: dict[Role, int] = {"user": 0, "assistant": 0, "system": 0}
         for m in self.session.messages:
             removed[m.role] += m.tokens
-        await self.session.clear(keep_system=False)
+        await self.session.clear()
         return removed
 
     async def reset(self) -> None:
-        await self.session.clear(keep_system=False)
-        await self.session.set_profile(Profile(model=self.session.settings.default_model))
+        await self.session.clear(reset_profile=True)
 
     async def add_system(self, text: str) -> None:
         await self.session.add_system(text)
 
     async def set_system(self, text: str) -> None:
-        old = [m for m in self.session.messages if m.role == "system"]
-        await self.session.remove_messages(old)
-        await self.session.add_system(text)
+        await self.session.add_system(text, replace_all=True)
 
     async def set_sampling(self, name: Sampling, value: float) -> float:
         previous = float(getattr(self.session.profile, name))
@@ -56,27 +52,23 @@ class SessionCommands:
         return previous
 
     async def pop_last(self, role: Role) -> str | None:
-        """Popping a user message also pops the answer that followed it: turns stay paired."""
-        messages = self.session.messages
-        for index in range(len(messages) - 1, -1, -1):
-            if messages[index].role == role:
-                doomed = [messages[index]]
-                if role == "user":
-                    doomed += [m for m in messages[index + 1:] if m.role == "assistant"]
-                await self.session.remove_messages(doomed)
-                return messages[index].content
-        return None
+        """Turns stay paired: popping a user message takes the answer after it along; an
+        answer is popped only when it is the newest turn (never one a later question follows)."""
+        turns = [m for m in self.session.messages if m.role != "system"]
+        if role == "system":
+            doomed = [m for m in self.session.messages if m.role == "system"][-1:]
+        elif role == "assistant":
+            doomed = turns[-1:] if turns and turns[-1].role == "assistant" else []
+        else:
+            users = [i for i, m in enumerate(turns) if m.role == "user"]
+            doomed = turns[users[-1]:] if users else []
+        if not doomed:
+            return None
+        await self.session.remove_messages(doomed)
+        return doomed[0].content
 
     async def retry(self) -> bool:
-        messages = self.session.messages
-        users = [m for m in messages if m.role == "user"]
-        if not users:
-            return False
-        last_user = users[-1]
-        after = messages[messages.index(last_user) + 1:]
-        await self.session.remove_messages([m for m in after if m.role == "assistant"])
-        self.session.start_generation(last_user)
-        return True
+        return await self.session.retry()
 
     async def change_model(self, name: str) -> None:
         await self.session.set_profile(replace(self.session.profile, model=name))

@@ -31,13 +31,9 @@ class CommandRunner(Protocol):
 
 
 class RoomHooks(Protocol):
-    async def touched(self, user_id: int, room: str) -> None: ...
+    def touched(self, user_id: int, room: str) -> None: ...
 
     async def deleted(self, user_id: int, room: str) -> None: ...
-
-
-class Translator(Protocol):
-    async def __call__(self, session: SessionActor, outbox_id: int, text: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,6 @@ class SessionDeps:
     store: ContextStore
     upstream: Upstream
     commands: CommandRunner
-    translate: Translator
     rooms: RoomHooks
 
     def opaque_user_id(self, user_id: int) -> str:

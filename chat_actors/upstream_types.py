@@ -23,6 +23,7 @@ class ChatRequest:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # instead of max_tokens, for reasoning models
     user: str | None = None
 
     def __post_init__(self) -> None:
@@ -37,7 +38,7 @@ class ChatRequest:
             messages.append({"role": "assistant", "content": partial})
         body: dict[str, object] = {"model": self.model, "messages": messages, "stream": True}
         for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
-                     "max_tokens", "user"):
+                     "max_tokens", "max_completion_tokens", "user"):
             value = getattr(self, name)
             if value is not None:
                 body[name] = value

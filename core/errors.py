@@ -9,11 +9,18 @@
     │   └── StorageCorrupt          stored data is not in the documented layout
     ├── ActorError
     │   ├── ActorDead               the actor stopped (or crashed) before it could answer
-    │   └── MailboxFull             a bounded mailbox refused a cast
+    │   ├── MailboxFull             a bounded mailbox refused a cast
+    │   └── SupervisorGaveUp        more than R restarts in T seconds: the supervisor stopped
     ├── UpstreamError               the OpenAI-compatible upstream failed
     │   ├── UpstreamTimeout         connect / first byte / gap between chunks ran out
     │   ├── UpstreamRateLimited     429 after the retries
     │   └── UpstreamContentFilter   finish_reason == "content_filter"
+    ├── BudgetError                 a message cannot be answered within the token budget
+    │   ├── MessageTooLong          one message over the per-request limit (not stored)
+    │   └── ContextOverflow         the system messages alone do not fit
+    ├── CommandError                a slash command failed to parse or run
+    │   ├── UnknownCommand
+    │   └── BadArgument
     └── ApiError                    an HTTP-facing error with status and stable code
 
 Driver exceptions are translated with ``raise OurError(...) from exc`` where they are caught,
@@ -24,15 +31,24 @@ from __future__ import annotations
 
 
 class ChatServerError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base class of every error this project raises on purpose.
+
+    ``code`` is the stable machine code a client sees (WebSocket ``error.code``, HTTP ``code``).
+    """
+
+    code = "internal_error"
 
 
 class ConfigError(ChatServerError):
     """A setting is missing or invalid."""
 
+    code = "bad_setting"
+
 
 class StorageError(ChatServerError):
     """A storage operation failed."""
+
+    code = "storage_unavailable"
 
 
 class StorageUnavailable(StorageError):
@@ -54,6 +70,8 @@ class StorageCorrupt(StorageError):
 class ActorError(ChatServerError):
     """An actor could not handle a message."""
 
+    code = "actor_error"
+
 
 class ActorDead(ActorError):
     """The actor stopped before it answered."""
@@ -66,17 +84,25 @@ class MailboxFull(ActorError):
 class UpstreamError(ChatServerError):
     """The OpenAI-compatible upstream failed."""
 
+    code = "upstream_error"
+
 
 class UpstreamTimeout(UpstreamError):
     """Connect, first byte or the gap between chunks ran out."""
+
+    code = "upstream_timeout"
 
 
 class UpstreamRateLimited(UpstreamError):
     """The upstream kept answering 429."""
 
+    code = "rate_limited"
+
 
 class UpstreamContentFilter(UpstreamError):
     """The upstream stopped the answer with finish_reason == "content_filter"."""
+
+    code = "content_filter"
 
 
 class ApiError(ChatServerError):

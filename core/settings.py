@@ -7,10 +7,10 @@ person can act on.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from functools import cached_property
 from typing import Annotated, Literal
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,12 +19,17 @@ from core.errors import ConfigError
 
 CommaList = Annotated[list[str], NoDecode]
 
+#: The JWT secret of ``.env-sample`` and of the defaults: public, so accepted only in tests.
+SAMPLE_SECRET_PREFIX = "change-me"
+
 
 class ModelSpec(BaseModel):
     """What the token budget needs to know of one model."""
 
     context_window: int = Field(gt=0)
     max_answer_tokens: int = Field(gt=0)
+    #: Reasoning models (o-series) take ``max_completion_tokens`` and refuse sampling knobs.
+    reasoning: bool = False
 
 
 DEFAULT_MODELS: dict[str, ModelSpec] = {
@@ -35,7 +40,8 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
     "gpt-4-turbo": ModelSpec(context_window=128_000, max_answer_tokens=4_096),
     "gpt-4": ModelSpec(context_window=8_192, max_answer_tokens=4_096),
     "gpt-3.5-turbo": ModelSpec(context_window=16_385, max_answer_tokens=4_096),
-    "o3-mini": ModelSpec(context_window=200_000, max_answer_tokens=100_000),
+    "o3-mini": ModelSpec(context_window=200_000, max_answer_tokens=100_000, reasoning=True),
+    "o4-mini": ModelSpec(context_window=200_000, max_answer_tokens=100_000, reasoning=True),
     "mock-gpt": ModelSpec(context_window=8_192, max_answer_tokens=1_024),
 }
 
@@ -73,6 +79,7 @@ class Settings(BaseSettings):
     cookie_secure: bool = True
     hmac_window_seconds: int = Field(60, ge=1)
     max_api_keys_per_user: int = Field(3, ge=1)
+    key_cache_seconds: float = Field(5.0, ge=0, description="access-key check cache; 0: off")
     max_whitelists_per_key: int = Field(10, ge=1)
     trusted_hosts: CommaList = ["*"]
     allowed_origins: CommaList = []
@@ -111,20 +118,36 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _is_origin(origin):
+                raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port] or *")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not _is_network(entry):
+                raise ValueError(f"{entry!r} is not an IP address or CIDR range")
+        return value
+
     @model_validator(mode="after")
     def _check_prod(self) -> Settings:
         if len(self.jwt_secret.encode()) < 32:
             raise ValueError("JWT_SECRET must be at least 32 bytes")
-        if self.api_env == "prod":
-            if self.jwt_secret.startswith("change-me"):
-                raise ValueError("JWT_SECRET must be set in prod")
-            if "*" in self.trusted_hosts:
-                raise ValueError("TRUSTED_HOSTS must list real host names in prod")
-        if self.default_model not in self.models and not self.openai_base_url:
-            raise ValueError("DEFAULT_MODEL is not in MODELS")
+        if self.jwt_secret.startswith(SAMPLE_SECRET_PREFIX) and self.api_env != "test":
+            raise ValueError(
+                "JWT_SECRET is the public sample value: set a random one "
+                "(`make run` writes one into a new .env)"
+            )
+        if self.api_env == "prod" and "*" in self.trusted_hosts:
+            raise ValueError("TRUSTED_HOSTS must list real host names in prod")
         return self
 
-    @cached_property
+    @property
     def sqlalchemy_url(self) -> str:
         """The asyncmy URL of the application database."""
         if self.database_url:
@@ -136,6 +159,30 @@ class Settings(BaseSettings):
 
     def model_spec(self, name: str) -> ModelSpec:
         return self.models.get(name, self.unknown_model)
+
+
+def _is_origin(origin: str) -> bool:
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.path in ("", "/")
+        and not (parts.query or parts.fragment or parts.username)
+    )
+
+
+def _is_network(entry: str) -> bool:
+    if "%" in entry:  # IPv6 zone ids name an interface of this host: meaningless here
+        return False
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def describe_validation_error(exc: ValidationError) -> str:

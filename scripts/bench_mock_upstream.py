@@ -104,7 +104,7 @@ async def _run(args: argparse.Namespace, port: int) -> tuple[list[float], list[i
         from chat_actors.upstream import open_upstream
         from core.settings import load_settings
 
-        settings = load_settings(openai_base_url=f"http://127.0.0.1:{port}/v1",
+        settings = load_settings(api_env="test", openai_base_url=f"http://127.0.0.1:{port}/v1",
                                  upstream_first_byte_timeout=120, upstream_chunk_gap_timeout=120)
         async with open_upstream(settings) as upstream, trio.open_nursery() as nursery:
             for i in range(args.streams):

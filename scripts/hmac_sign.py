@@ -18,22 +18,20 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import hmac
 import secrets
 import shlex
 import time
 from collections.abc import Mapping, Sequence
 from urllib.parse import urlencode
 
+from core.hmac_signing import sign_query_string
+
 SIGNATURE_HEADER = "secret"
 
 
 def signature(secret_key: str, query_string: str) -> str:
-    """base64(HMAC-SHA256(secret_key, query string bytes))."""
-    digest = hmac.new(secret_key.encode(), query_string.encode(), hashlib.sha256).digest()
-    return base64.b64encode(digest).decode("ascii")
+    """base64(HMAC-SHA256(secret_key, query string bytes)): the server's own function."""
+    return sign_query_string(secret_key, query_string)
 
 
 def sign_query(

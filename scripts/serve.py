@@ -1,7 +1,9 @@
 """``make run``: check the services, migrate, start the mock upstream if needed, serve.
 
 Runs in the foreground on Hypercorn's trio worker. Stops with one clear line when a setting is
-invalid or MariaDB / Redis cannot be reached, saying how to start them.
+invalid (exit 2), MariaDB / Redis cannot be reached (exit 3, saying how to start them) or
+MariaDB refuses the start-up work: login, bootstrap, migrations (exit 4, with MariaDB's reason).
+Logging is configured first (``web.logging_setup``): JSON access lines on stdout.
 """
 
 from __future__ import annotations
@@ -14,21 +16,13 @@ from urllib.parse import urlsplit
 
 import trio
 
-from core.errors import ConfigError
+from core.errors import ConfigError, StorageError
 from core.settings import Settings, load_settings
 
 MOCK_PORT = int(os.environ.get("MOCK_UPSTREAM_PORT", "8001"))
 
-HOW_TO_START = {
-    "MariaDB": (
-        "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`"
-        " (or `docker compose up -d db`)"
-    ),
-    "Redis": (
-        "start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ''"
-        " --appendonly no` (or `docker compose up -d cache`)"
-    ),
-}
+# The start commands themselves live in one place: scripts/start_services.sh (CI runs it too).
+HOW_TO_START = "start it with `bash scripts/start_services.sh` (or `docker compose up -d db cache`)"
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -49,7 +43,7 @@ def check_services(settings: Settings) -> list[str]:
         ("Redis", redis.hostname or "127.0.0.1", redis.port or 6379),
     ):
         if not _reachable(host, port):
-            problems.append(f"{name} is not reachable at {host}:{port}: {HOW_TO_START[name]}")
+            problems.append(f"{name} is not reachable at {host}:{port}: {HOW_TO_START}")
     return problems
 
 
@@ -74,7 +68,7 @@ async def _main(settings: Settings) -> None:
         app = create_app(settings)
         print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: /docs)",
               flush=True)
-        await serve(app, config, mode="asgi")  # type: ignore[arg-type]
+        await serve(app, config, mode="asgi")
         nursery.cancel_scope.cancel()
 
 
@@ -84,14 +78,24 @@ def main() -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from web.logging_setup import configure_logging
+
+    configure_logging(settings)
     problems = check_services(settings)
     if problems:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         return 3
+    from storage.errors import sql_reason
     from storage.migrate import prepare_database
 
-    prepare_database(settings)
+    try:
+        prepare_database(settings)
+    except StorageError as exc:
+        db = urlsplit(settings.sqlalchemy_url)
+        print(f"error: MariaDB at {db.hostname}:{db.port or 3306} refused start-up: "
+              f"{sql_reason(exc)}", file=sys.stderr)
+        return 4
     try:
         trio.run(_main, settings)
     except KeyboardInterrupt:

@@ -17,10 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import ApiKey, ApiKeyStatus, ApiWhitelist, SnsType, User, UserStatus, utcnow
+from storage.models import (
+    ApiKey,
+    ApiKeyStatus,
+    ApiWhitelist,
+    ChatRoom,
+    SnsType,
+    User,
+    UserStatus,
+    utcnow,
+)
 
 T = TypeVar("T")
 
@@ -187,7 +196,9 @@ async def set_user_status(sql: UnitRunner, user_id: int, status: str) -> bool:
 
 
 async def delete_user(sql: UnitRunner, user_id: int) -> bool:
-    """Mark the user deleted, scrub personal data (frees the email) and disable their keys."""
+    """Mark the user deleted, scrub personal data (frees the email), disable their keys and
+    delete their chat rooms' rows: one transaction. (Chat contexts live in Redis: the caller's
+    ``user_deleted_hooks`` remove those.)"""
 
     async def unit(session: AsyncSession) -> bool:
         row = await session.get(User, user_id, with_for_update=True)
@@ -205,6 +216,7 @@ async def delete_user(sql: UnitRunner, user_id: int) -> bool:
             .where(ApiKey.user_id == user_id, ApiKey.status == ApiKeyStatus.ACTIVE)
             .values(status=ApiKeyStatus.DISABLED, updated_at=now)
         )
+        await session.execute(delete(ChatRoom).where(ChatRoom.user_id == user_id))
         return True
 
     return await sql.run(unit)

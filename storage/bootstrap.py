@@ -1,6 +1,8 @@
 """Create the application database and user with root credentials, idempotently.
 
-Runs only when ``mysql_root_password`` is set (``""`` means root without a password). Names
+Runs only when ``mysql_root_password`` is set (``""`` means root without a password). Host,
+port, database, user and password are those of the application URL (``DATABASE_URL`` when set,
+else the ``MYSQL_*`` parts), so the database created is the one the server then uses. Names
 cannot be bound as parameters, so the database name is checked against ``^[A-Za-z0-9_]+$``;
 the user name and password ARE bound (``CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s``).
 ``ALTER USER`` afterwards makes a changed password take effect on the next run.
@@ -12,6 +14,7 @@ import asyncio
 import re
 
 import asyncmy
+from sqlalchemy.engine import make_url
 
 from core.errors import ConfigError
 from core.settings import Settings
@@ -66,14 +69,17 @@ def bootstrap(settings: Settings) -> bool:
     """Ensure database and user if root credentials are configured; True if it ran."""
     if settings.mysql_root_password is None:
         return False
+    url = make_url(settings.sqlalchemy_url)
+    if not url.database or not url.username:
+        raise ConfigError("DATABASE_URL must name a user and a database for the bootstrap")
     asyncio.run(
         ensure_database_and_user(
-            host=settings.mysql_host,
-            port=settings.mysql_port,
+            host=url.host or "127.0.0.1",
+            port=url.port or 3306,
             root_password=settings.mysql_root_password,
-            database=settings.mysql_database,
-            user=settings.mysql_user,
-            password=settings.mysql_password,
+            database=url.database,
+            user=url.username,
+            password=url.password or "",
         )
     )
     return True

@@ -64,6 +64,14 @@ class AsyncioBridge:
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
 
+    def _send(self, callback: Callable[[], object]) -> bool:
+        """Schedule ``callback`` on the loop; False if the loop is already closed."""
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except RuntimeError:
+            return False
+        return True
+
     async def run(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run ``make()`` on the asyncio loop; return its result or raise its exception.
 
@@ -103,10 +111,11 @@ class AsyncioBridge:
         try:
             await call.done.wait()
         except trio.Cancelled:
-            self._loop.call_soon_threadsafe(cancel)
-            with trio.move_on_after(CANCEL_GRACE) as scope:
-                scope.shield = True
-                await call.done.wait()
+            if self._send(cancel):
+                with trio.move_on_after(CANCEL_GRACE) as scope:
+                    scope.shield = True
+                    await call.done.wait()
+            # else the loop closed meanwhile: its tasks are gone, nothing to wait for
             done = call.task
             if done is not None and done.done() and not done.cancelled():
                 done.exception()  # we leave with Cancelled: mark its outcome as seen

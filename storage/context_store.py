@@ -8,9 +8,12 @@ Key layout (``P`` is the Redis actor's prefix, ``U`` the user id, ``R`` the room
     P ctx:U:R:meta       hash   next_id (last message id handed out), count (expected LLEN)
 
 ``id`` is unique within a session, so a message's JSON text is unique in its list and can be
-removed by value (``LREM key 1 <json>``). Every change is one MULTI/EXEC transaction that also
-updates ``count``, makes sure a profile exists, and refreshes the TTL of all three keys: a crash between two commands can never
-leave a half-trimmed history, and the TTL (``CONTEXT_TTL_SECONDS``) restarts on every use.
+removed by value (``LREM key 1 <json>``). Every change is one atomic step (a MULTI/EXEC
+transaction, or a Lua script for ``change``) that also updates ``count``, makes sure a profile
+exists, and refreshes the TTL of all three keys: a crash between two commands can never leave a
+half-trimmed history, and the TTL (``CONTEXT_TTL_SECONDS``) restarts on every use. ``change`` is
+checked: if the stored list is not what the session believes (keys expired or deleted under a
+live session), it changes nothing and says so, and the session rewrites its context whole.
 
 Loading checks the layout: a list whose length differs from ``count``, an item that is not a
 valid message, or a missing profile next to existing messages is *repaired* (bad items skipped,
@@ -37,6 +40,8 @@ class RedisLike(Protocol):
     async def execute(self, *args: Any) -> Any: ...
 
     async def transaction(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
+
+    async def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -174,18 +179,23 @@ class ContextStore:
         remove: Sequence[StoredMessage] = (),
         next_id: int,
         count: int,
-    ) -> None:
-        """Append and remove messages in one transaction; ``count`` is the new length."""
-        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
-        commands: list[list[Any]] = [["LREM", messages_key, 1, m.to_json()] for m in remove]
-        if append:
-            commands.append(["RPUSH", messages_key, *(m.to_json() for m in append)])
-        commands += [
-            ["HSET", meta_key, "next_id", next_id, "count", count],
-            ["HSETNX", profile_key, "model", self._default_model],
-            *self._expire_all(keys),
-        ]
-        await self._redis.transaction(commands)
+    ) -> bool:
+        """Remove and append messages atomically; ``count`` is the new length.
+
+        Checked, not blind: when the stored list is not what the caller believes (its length is
+        not ``count - len(append) + len(remove)``, or a message to remove is missing), nothing is
+        changed and False is returned, so the caller can rewrite the context it holds.
+        """
+        keys = self._keys(user_id, room)
+        expected = count - len(append) + len(remove)
+        args: list[Any] = [expected, self._ttl, self._default_model, next_id, count, len(remove),
+                           *(m.to_json() for m in remove), *(m.to_json() for m in append)]
+        return bool(await self._redis.eval(_CHECKED_CHANGE, keys, args))
+
+    async def rewrite(self, user_id: int, room: str, profile: Profile,
+                      messages: Sequence[StoredMessage], next_id: int) -> None:
+        """Replace the whole stored context with this one, in one transaction."""
+        await self._rewrite(user_id, room, profile, list(messages), next_id)
 
     async def save_profile(self, user_id: int, room: str, profile: Profile) -> None:
         profile_key, _messages_key, _meta_key = keys = self._keys(user_id, room)
@@ -194,11 +204,15 @@ class ContextStore:
         )
 
     async def clear(
-        self, user_id: int, room: str, *, keep: Sequence[StoredMessage], next_id: int
+        self, user_id: int, room: str, *, keep: Sequence[StoredMessage], next_id: int,
+        profile: Profile | None = None,
     ) -> None:
-        """Replace the history with ``keep`` (e.g. the system messages) in one transaction."""
+        """Replace the history with ``keep`` (e.g. the system messages), and the profile when
+        given (``/reset``), in one transaction."""
         profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
         commands: list[list[Any]] = [["DEL", messages_key]]
+        if profile is not None:
+            commands += [["DEL", profile_key], ["HSET", profile_key, *_flatten(profile.to_mapping())]]
         if keep:
             commands.append(["RPUSH", messages_key, *(m.to_json() for m in keep)])
         commands += [
@@ -223,6 +237,25 @@ class ContextStore:
                 removed += int(await self._redis.execute("DEL", *found))
             if str(cursor) == "0":
                 return removed
+
+
+# KEYS: profile, messages, meta. ARGV: expected length, ttl, default model, next_id, new count,
+# n (messages to remove), the n JSON texts to remove, then the JSON texts to append.
+# Every check runs before any write: the script changes all or nothing.
+_CHECKED_CHANGE = """
+local profile, messages, meta = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('LLEN', messages) ~= tonumber(ARGV[1]) then return 0 end
+local n = tonumber(ARGV[6])
+for i = 1, n do
+  if not redis.call('LPOS', messages, ARGV[6 + i]) then return 0 end
+end
+for i = 1, n do redis.call('LREM', messages, 1, ARGV[6 + i]) end
+for i = 7 + n, #ARGV do redis.call('RPUSH', messages, ARGV[i]) end
+redis.call('HSET', meta, 'next_id', ARGV[4], 'count', ARGV[5])
+redis.call('HSETNX', profile, 'model', ARGV[3])
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[2]) end
+return 1
+"""
 
 
 def _flatten(mapping: dict[str, str]) -> list[str]:

@@ -10,7 +10,10 @@ before their bases. ``tests/storage/test_errors.py`` checks that every row is re
     any other RedisError (WRONGTYPE, ...)       StorageError
 
     SQLAlchemy / asyncmy                        ours
-    IntegrityError                              StorageConflict
+    error 1062 / 1451 / 1452 (duplicate key,
+      foreign key: parent or child missing)     StorageConflict
+    any other IntegrityError (1048 NOT NULL,
+      CHECK, ...): a bug, not a conflict        StorageError
     error 1969 / 3024 / 1205 (statement, lock)  StorageTimeout
     2002/2003/2006/2013/2055/1053/1927, or a
       disconnect SQLAlchemy flagged, OSError    StorageUnavailable
@@ -42,6 +45,7 @@ REDIS_ERRORS: tuple[tuple[type[BaseException], type[StorageError]], ...] = (
     (rx.RedisError, StorageError),
 )
 
+SQL_CONFLICT_CODES = frozenset({1062, 1451, 1452})
 SQL_TIMEOUT_CODES = frozenset({1969, 3024, 1205})
 SQL_UNAVAILABLE_CODES = frozenset({2002, 2003, 2006, 2013, 2055, 1053, 1927})
 
@@ -72,7 +76,7 @@ def map_sql_error(exc: BaseException) -> StorageError | None:
         return exc
     ours: type[StorageError]
     code = _sql_code(exc)
-    if isinstance(exc, (sx.IntegrityError, asyncmy.errors.IntegrityError)):
+    if code in SQL_CONFLICT_CODES:
         ours = StorageConflict
     elif code in SQL_TIMEOUT_CODES:
         ours = StorageTimeout
@@ -91,3 +95,20 @@ def map_sql_error(exc: BaseException) -> StorageError | None:
     err = ours(f"sql: {exc}" if str(exc) else f"sql: {type(exc).__name__}")
     err.__cause__ = exc
     return err
+
+
+def sql_reason(exc: BaseException) -> str:
+    """One line saying why a SQL call failed: the server's code and message when there is one
+    (``1045 Access denied for user ...``), else the first line of the error. Never parameters:
+    the engine hides them, and driver messages do not carry passwords."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = getattr(current, "orig", None) or current
+        args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
+        if len(args) >= 2 and isinstance(args[0], int):
+            return f"{args[0]} {args[1]}"
+        current = current.__cause__ or current.__context__
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

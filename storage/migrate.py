@@ -65,35 +65,53 @@ def current(url: str) -> str | None:
     return asyncio.run(run())
 
 
-def prepare_database(settings: Settings) -> str | None:
+def prepare_database(settings: Settings, revision: str = "head") -> str | None:
     """Start-up: bootstrap the database and user (when root credentials are given), then
-    upgrade to head. Returns the revision now applied."""
-    from storage.bootstrap import bootstrap
+    upgrade to ``revision``. Returns the revision now applied.
 
-    if bootstrap(settings):
-        print("bootstrap: database and user ensured", flush=True)
-    upgrade(settings.sqlalchemy_url)
-    return current(settings.sqlalchemy_url)
+    A database failure (unreachable, login refused, ...) raises our ``StorageError`` (see
+    ``storage.errors``); ``storage.errors.sql_reason(exc)`` says why in one line.
+    """
+    from storage.bootstrap import bootstrap
+    from storage.errors import map_sql_error
+
+    try:
+        if bootstrap(settings):
+            print("bootstrap: database and user ensured", flush=True)
+        upgrade(settings.sqlalchemy_url, revision)
+        return current(settings.sqlalchemy_url)
+    except Exception as exc:
+        mapped = map_sql_error(exc)
+        if mapped is None or mapped is exc:
+            raise
+        raise mapped from exc
 
 
 def main(argv: list[str]) -> int:
+    from core.errors import ConfigError, StorageError
     from core.settings import load_settings
-    from storage.bootstrap import bootstrap
+    from storage.errors import sql_reason
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     url = settings.sqlalchemy_url
     action = argv[0] if argv else "upgrade"
-    if action == "upgrade":
-        if bootstrap(settings):
-            print("bootstrap: database and user ensured")
-        upgrade(url, argv[1] if len(argv) > 1 else "head")
-        print(f"upgraded to {current(url)}")
-    elif action == "downgrade" and len(argv) == 2:
-        downgrade(url, argv[1])
-        print(f"downgraded to {current(url)}")
-    else:
-        print(__doc__, file=sys.stderr)
-        return 2
+    try:
+        if action == "upgrade" and len(argv) <= 2:
+            revision = prepare_database(settings, argv[1] if len(argv) > 1 else "head")
+            print(f"upgraded to {revision}")
+        elif action == "downgrade" and len(argv) == 2:
+            downgrade(url, argv[1])
+            print(f"downgraded to {current(url)}")
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except StorageError as exc:
+        print(f"error: MariaDB: {sql_reason(exc)}", file=sys.stderr)
+        return 4
     return 0
 
 

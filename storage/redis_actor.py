@@ -9,7 +9,8 @@ own (mapped) exception: the pipeline runs with ``raise_on_error=False``.
 
 Cancellation: a caller cancelled while its command is only queued marks it cancelled and it is
 never sent. Once sent, the batch runs whole (the caller just stops waiting): a single Redis
-command is atomic, so nothing is half-written. ``transaction``, ``eval`` and ``blocking`` cross
+command is atomic, so nothing is half-written, but the result of a destructive read (LPOP,
+GETDEL, ...) is then lost: see ``execute`` for the LMOVE pattern. ``transaction``, ``eval`` and ``blocking`` cross
 on their own; ``blocking`` uses its own pool without socket timeout, and when cancelled redis-py
 drops that connection so the server forgets the BLPOP (it cannot steal a later message).
 
@@ -35,7 +36,7 @@ from redis.backoff import NoBackoff
 from core.errors import StorageUnavailable
 from storage.bridge import AsyncioBridge, maybe_bridge
 from storage.errors import map_redis_error
-from storage.redis_commands import block_seconds, check_args
+from storage.redis_commands import block_seconds, check_args, check_batchable
 
 T = TypeVar("T")
 
@@ -93,8 +94,19 @@ class RedisActor:
             raise mapped from exc
 
     async def execute(self, *args: Any) -> Any:
-        """One command, batched with whatever other callers queued meanwhile."""
-        check_args(args)
+        """One command, batched with whatever other callers queued meanwhile.
+
+        Blocking commands (BLPOP, WAIT, XREAD BLOCK, ...) and commands that change the pooled
+        connection (SUBSCRIBE, MULTI, WATCH, SELECT, ...) raise ``TypeError`` before queueing:
+        use ``blocking()`` / ``transaction()``.
+
+        Destructive reads (LPOP, RPOP, SPOP, GETDEL, ...): a caller cancelled after its batch
+        was sent stops waiting, but the command still runs, so the popped value is lost to
+        everyone. Where a value must not be lost, move it instead (``LMOVE src processing LEFT
+        RIGHT``), handle it, then ``LREM`` it from the processing list; a caller that died
+        leaves it there to be picked up again.
+        """
+        check_batchable(args)
         if self._closed:
             raise StorageUnavailable("redis actor is closed")
         op = _Op(args)

@@ -6,8 +6,10 @@ A room is created the first time a socket uses its ``chat_room_id`` and touched 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.mysql import insert
@@ -16,6 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import ChatRoom, utcnow
 
 ROOM_KEY_MAX = 64
+
+T = TypeVar("T")
+Unit = Callable[[AsyncSession], Awaitable[T]]
 
 
 @dataclass(frozen=True)
@@ -32,21 +37,27 @@ def _info(room: ChatRoom) -> RoomInfo:
                     created_at=room.created_at, last_used_at=room.last_used_at)
 
 
-def touch_room(user_id: int, room_key: str):  # type: ignore[no-untyped-def]
-    """Create the room if needed and set ``last_used_at`` (one upsert)."""
+def touch_rooms(rooms: Iterable[tuple[int, str]]) -> Unit[None]:
+    """Create the rooms that do not exist yet and set ``last_used_at`` of all: one upsert."""
+    now = utcnow()
+    rows = [{"user_id": user_id, "room_key": room_key, "name": f"Chat {room_key}",
+             "created_at": now, "last_used_at": now} for user_id, room_key in rooms]
 
     async def unit(session: AsyncSession) -> None:
-        now = utcnow()
-        stmt = insert(ChatRoom).values(
-            user_id=user_id, room_key=room_key, name=f"Chat {room_key}",
-            created_at=now, last_used_at=now,
-        )
-        await session.execute(stmt.on_duplicate_key_update(last_used_at=now))
+        if rows:
+            stmt = insert(ChatRoom).values(rows)
+            await session.execute(
+                stmt.on_duplicate_key_update(last_used_at=stmt.inserted.last_used_at))
 
     return unit
 
 
-def list_rooms(user_id: int):  # type: ignore[no-untyped-def]
+def touch_room(user_id: int, room_key: str) -> Unit[None]:
+    """Create the room if needed and set ``last_used_at`` (one upsert)."""
+    return touch_rooms([(user_id, room_key)])
+
+
+def list_rooms(user_id: int) -> Unit[list[RoomInfo]]:
     async def unit(session: AsyncSession) -> list[RoomInfo]:
         rows = await session.scalars(
             select(ChatRoom).where(ChatRoom.user_id == user_id)
@@ -56,7 +67,7 @@ def list_rooms(user_id: int):  # type: ignore[no-untyped-def]
     return unit
 
 
-def rename_room(user_id: int, room_key: str, name: str):  # type: ignore[no-untyped-def]
+def rename_room(user_id: int, room_key: str, name: str) -> Unit[RoomInfo]:
     """Rename (creating the room if it does not exist yet); returns the room."""
 
     async def unit(session: AsyncSession) -> RoomInfo:
@@ -72,7 +83,7 @@ def rename_room(user_id: int, room_key: str, name: str):  # type: ignore[no-unty
     return unit
 
 
-def get_room(user_id: int, room_key: str):  # type: ignore[no-untyped-def]
+def get_room(user_id: int, room_key: str) -> Unit[RoomInfo | None]:
     async def unit(session: AsyncSession) -> RoomInfo | None:
         room = await session.scalar(select(ChatRoom).where(
             ChatRoom.user_id == user_id, ChatRoom.room_key == room_key))
@@ -81,7 +92,7 @@ def get_room(user_id: int, room_key: str):  # type: ignore[no-untyped-def]
     return unit
 
 
-def delete_room(user_id: int, room_key: str):  # type: ignore[no-untyped-def]
+def delete_room(user_id: int, room_key: str) -> Unit[bool]:
     """Returns whether a room was deleted."""
 
     async def unit(session: AsyncSession) -> bool:

@@ -8,9 +8,11 @@ once: the rest wait on a Trio semaphore, where waiting is cheap and cancellable.
 Units must return plain data: sessions use ``expire_on_commit=False`` and lazy loading raises
 ``MissingGreenlet`` on asyncio, so load eagerly (``selectinload``, explicit columns).
 
-Bounds and recovery: every connection runs ``SET SESSION max_statement_time`` on connect
-(MariaDB runs a cancelled statement to completion otherwise); ``pool_pre_ping`` replaces
-connections that died with a server restart. A cancelled caller cancels the asyncio task;
+Bounds and recovery: every new connection bounds its statements (MariaDB runs a cancelled
+statement to completion otherwise): ``SET SESSION max_statement_time`` (seconds) on MariaDB,
+``max_execution_time`` (ms, SELECTs only) on MySQL, told apart by ``SELECT VERSION()``;
+``pool_pre_ping`` replaces connections that died with a server restart. ``hide_parameters``
+keeps bound values (password hashes, secret keys) out of every error message. A cancelled caller cancels the asyncio task;
 SQLAlchemy rolls back or hard-closes the connection, and the bridge waits for that (bounded)
 before ``Cancelled`` propagates. Errors are mapped in ``storage.errors.map_sql_error``.
 """
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -83,8 +85,15 @@ class SqlActor:
         await self._cross(work)
 
 
+def statement_timeout_sql(server_version: str, seconds: float) -> str:
+    """The statement that bounds one session's statements on this server flavour."""
+    if "mariadb" in server_version.lower():
+        return f"SET SESSION max_statement_time = {float(seconds):.3f}"
+    return f"SET SESSION max_execution_time = {max(int(seconds * 1000), 1)}"
+
+
 def make_engine(url: str, *, statement_timeout: float, pool_size: int) -> AsyncEngine:
-    """The engine: bounded pool, pre-ping, ``max_statement_time`` on every connection."""
+    """The engine: bounded pool, pre-ping, a statement time limit on every connection."""
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -92,11 +101,20 @@ def make_engine(url: str, *, statement_timeout: float, pool_size: int) -> AsyncE
         pool_pre_ping=True,
         pool_recycle=3600,
         pool_timeout=max(statement_timeout * 2, 5.0),
-        connect_args={
-            "connect_timeout": max(int(statement_timeout), 1),
-            "init_command": f"SET SESSION max_statement_time = {float(statement_timeout):.3f}",
-        },
+        hide_parameters=True,
+        connect_args={"connect_timeout": max(int(statement_timeout), 1)},
     )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _bound_statements(dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT VERSION()")
+            version = str(cursor.fetchone()[0])
+            cursor.execute(statement_timeout_sql(version, statement_timeout))
+        finally:
+            cursor.close()
+
     return engine
 
 

@@ -14,16 +14,19 @@
 
 Server addresses come from the usual settings (REDIS_URL, MYSQL_HOST/PORT/USER/PASSWORD); the
 defaults are the local services (127.0.0.1:6379, root with an empty password on :3306).
+
+``API_ENV`` defaults to ``test`` for the whole suite (and its subprocesses): outside tests the
+settings refuse the public sample JWT secret, and tests rely on that default secret.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote_plus
 
 import asyncmy
 import pytest
@@ -33,6 +36,8 @@ from storage.migrate import upgrade
 from storage.models import Base
 from storage.redis_actor import RedisActor, open_redis_actor
 from storage.sql_actor import SqlActor, open_sql_actor
+
+os.environ.setdefault("API_ENV", "test")
 
 
 @pytest.fixture
@@ -65,10 +70,8 @@ def admin_sql(settings: Settings, *statements: str) -> list[tuple[tuple[Any, ...
 
 
 def database_url(settings: Settings, name: str) -> str:
-    return (
-        f"mysql+asyncmy://{quote_plus(settings.mysql_user)}:{quote_plus(settings.mysql_password)}"
-        f"@{settings.mysql_host}:{settings.mysql_port}/{name}?charset=utf8mb4"
-    )
+    """The SQLAlchemy URL of database ``name`` on the server ``settings`` point at."""
+    return settings.model_copy(update={"mysql_database": name, "database_url": None}).sqlalchemy_url
 
 
 @dataclass(frozen=True)

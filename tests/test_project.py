@@ -19,7 +19,8 @@ def test_readme_starts_with_the_two_commands() -> None:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "exec make test" in lines or "make test" in lines  # a command, not a comment
 
 
 def test_compose_file_publishes_no_database_or_redis_port() -> None:
@@ -31,24 +32,85 @@ def test_compose_file_publishes_no_database_or_redis_port() -> None:
         assert "healthcheck" in services[name], name
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_compose_file_is_valid(tmp_path: Path) -> None:
+NEEDS_COMPOSE = pytest.mark.skipif(shutil.which("docker-compose") is None,
+                                   reason="docker-compose not installed")
+
+
+def _compose_config(tmp_path: Path, env: str, *args: str) -> subprocess.CompletedProcess[str]:
     shutil.copy(ROOT / "docker-compose.yaml", tmp_path / "docker-compose.yaml")
-    env = (ROOT / ".env-sample").read_text().replace("MYSQL_ROOT_PASSWORD=\n",
-                                                     "MYSQL_ROOT_PASSWORD=root-secret\n")
     (tmp_path / ".env").write_text(env)
-    result = subprocess.run(["docker-compose", "config", "-q"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    return subprocess.run(["docker-compose", "config", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@NEEDS_COMPOSE
+def test_compose_file_is_valid(tmp_path: Path) -> None:
+    result = _compose_config(tmp_path, (ROOT / ".env-sample").read_text(), "-q")
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+@NEEDS_COMPOSE
 def test_compose_refuses_to_run_without_secrets(tmp_path: Path) -> None:
-    shutil.copy(ROOT / "docker-compose.yaml", tmp_path / "docker-compose.yaml")
-    (tmp_path / ".env").write_text("")
-    result = subprocess.run(["docker-compose", "config", "-q"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "MYSQL_ROOT_PASSWORD" in result.stderr
+    result = _compose_config(tmp_path, "", "-q")
+    assert result.returncode != 0 and "MYSQL_PASSWORD" in result.stderr
+    result = _compose_config(tmp_path, "MYSQL_PASSWORD=db-secret\nTRUSTED_HOSTS=chat.example.com\n",
+                             "-q")
+    assert result.returncode != 0 and "JWT_SECRET" in result.stderr
+
+
+@NEEDS_COMPOSE
+def test_compose_gives_each_service_only_what_it_needs(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from core.settings import load_settings
+
+    sample = (ROOT / ".env-sample").read_text()
+    env = sample.replace("MYSQL_ROOT_PASSWORD=\n", "MYSQL_ROOT_PASSWORD=root-secret\n")
+    env += "\nJWT_SECRET=" + "j" * 48 + "\nTRUSTED_HOSTS=chat.example.com\nOPENAI_API_KEY=sk-x\n"
+    result = _compose_config(tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name in ("db", "cache", "app"):
+        assert "env_file" not in services[name], name
+    db_env = services["db"]["environment"]
+    assert set(db_env) <= {"MARIADB_RANDOM_ROOT_PASSWORD", "MARIADB_DATABASE", "MARIADB_USER",
+                           "MARIADB_PASSWORD"}, db_env
+    assert "root-secret" not in result.stdout  # nobody gets the root password
+    assert "sk-x" not in str(db_env) and "j" * 48 not in str(db_env)
+    app_env = services["app"]["environment"]
+    assert app_env["API_ENV"] == "prod" and "MYSQL_ROOT_PASSWORD" not in app_env
+    # the app's environment is a valid prod configuration...
+    settings = load_settings(_env_file=None, **{k.lower(): v for k, v in app_env.items()})
+    assert settings.api_env == "prod" and settings.mysql_root_password is None
+    # ...which refuses the sample's public JWT secret
+    result = _compose_config(tmp_path, sample + "\nTRUSTED_HOSTS=chat.example.com\n")
+    app_env = yaml.safe_load(result.stdout)["services"]["app"]["environment"]
+    with pytest.raises(ConfigError, match="JWT_SECRET"):
+        load_settings(_env_file=None, **{k.lower(): v for k, v in app_env.items()})
+
+
+def test_make_creates_env_with_a_random_jwt_secret(tmp_path: Path) -> None:
+    from core.settings import load_settings
+
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    shutil.copy(ROOT / ".env-sample", tmp_path / ".env-sample")
+    secrets = []
+    for _ in range(2):
+        (tmp_path / ".env").unlink(missing_ok=True)
+        done = subprocess.run(["make", ".env"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        env = (tmp_path / ".env").read_text()
+        (line,) = [x for x in env.splitlines() if x.startswith("JWT_SECRET=")]
+        secrets.append(line.removeprefix("JWT_SECRET="))
+        # the rest of the sample is kept, and the file loads as it is (API_ENV=local)
+        assert len(env.splitlines()) == len((ROOT / ".env-sample").read_text().splitlines())
+        settings = load_settings(_env_file=str(tmp_path / ".env"), api_env="local")
+        assert settings.jwt_secret == secrets[-1]
+    assert secrets[0] != secrets[1] and all(len(s) >= 48 for s in secrets)
+    assert not any(s.startswith("change-me") for s in secrets)
+    (tmp_path / ".env").write_text("JWT_SECRET=mine\n")  # an existing .env is never touched
+    subprocess.run(["make", ".env"], cwd=tmp_path, capture_output=True, timeout=60, check=True)
+    assert (tmp_path / ".env").read_text() == "JWT_SECRET=mine\n"
 
 
 def test_storage_imports_neither_chat_actors_nor_web() -> None:

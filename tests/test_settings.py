@@ -15,13 +15,71 @@ from core.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_defaults_load() -> None:
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No setting from the environment (the suite's API_ENV=test included) and no .env file."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("CHAT_ENV_FILE", "")
+    return monkeypatch
+
+
+def test_defaults_load(clean_env: pytest.MonkeyPatch) -> None:
     settings = load_settings(api_env="test")
     assert settings.port == 8000 and settings.redis_url.startswith("redis://")
-    assert "mysql+asyncmy://" in settings.sqlalchemy_url
+    assert settings.trusted_hosts == ["*"] and settings.trusted_proxies == []
+    assert settings.sqlalchemy_url == (
+        "mysql+asyncmy://root:@127.0.0.1:3306/chatserver?charset=utf8mb4")
 
 
-def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sqlalchemy_url_follows_changes(clean_env: pytest.MonkeyPatch) -> None:
+    settings = load_settings(api_env="test")
+    assert settings.sqlalchemy_url.endswith(":3306/chatserver?charset=utf8mb4")  # read first
+    moved = settings.model_copy(update={"mysql_port": 3307, "mysql_password": "p@ss word"})
+    assert moved.sqlalchemy_url == (
+        "mysql+asyncmy://root:p%40ss+word@127.0.0.1:3307/chatserver?charset=utf8mb4")
+    assert settings.sqlalchemy_url.endswith(":3306/chatserver?charset=utf8mb4")
+
+
+def test_sample_jwt_secret_is_refused_outside_tests(clean_env: pytest.MonkeyPatch) -> None:
+    sample = next(line.split("=", 1)[1] for line in (ROOT / ".env-sample").read_text().splitlines()
+                  if line.startswith("JWT_SECRET="))
+    for env in ("local", "prod"):
+        with pytest.raises(ConfigError) as info:
+            load_settings(api_env=env, jwt_secret=sample, trusted_hosts=["chat.example.com"])
+        assert "JWT_SECRET" in str(info.value)
+        with pytest.raises(ConfigError):  # the built-in default is refused too
+            load_settings(api_env=env, trusted_hosts=["chat.example.com"])
+    assert load_settings(api_env="test", jwt_secret=sample).jwt_secret == sample
+    assert load_settings(api_env="local", jwt_secret="r" * 40).api_env == "local"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ALLOWED_ORIGINS", "http://localhost:8000,localhost:3000"),
+    ("ALLOWED_ORIGINS", "https://a.example.com/path"),
+    ("ALLOWED_ORIGINS", "http://a.example.com:99999"),
+    ("TRUSTED_PROXIES", "10.0.0.0/8,not-an-ip"),
+    ("TRUSTED_PROXIES", "fe80::1%eth0"),
+    ("TRUSTED_PROXIES", "10.0.0.0/33"),
+])
+def test_bad_edge_lists_name_the_variable(clean_env: pytest.MonkeyPatch, name: str,
+                                          value: str) -> None:
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(api_env="test")
+    assert name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_good_edge_lists_are_accepted(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ALLOWED_ORIGINS", "*, http://localhost:8000, https://[::1]:8443")
+    clean_env.setenv("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.1, ::1, 2001:db8::/32")
+    settings = load_settings(api_env="test")
+    assert len(settings.allowed_origins) == 3 and len(settings.trusted_proxies) == 4
+
+
+def test_environment_is_read(clean_env: pytest.MonkeyPatch) -> None:
+    monkeypatch = clean_env
+    monkeypatch.setenv("API_ENV", "test")
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("TRUSTED_HOSTS", "a.example.com, *.b.example.com")
     settings = load_settings()
@@ -29,16 +87,16 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.trusted_hosts == ["a.example.com", "*.b.example.com"]
 
 
-def test_env_file_is_read(tmp_path: Path) -> None:
+def test_env_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env = tmp_path / ".env"
-    env.write_text("DEFAULT_MODEL=gpt-4o\nMYSQL_DATABASE=from_file\n")
+    env.write_text("API_ENV=test\nDEFAULT_MODEL=gpt-4o\nMYSQL_DATABASE=from_file\n")
     settings = load_settings(_env_file=str(env))
     assert settings.default_model == "gpt-4o" and settings.mysql_database == "from_file"
 
 
-def test_database_url_wins_over_parts() -> None:
+def test_database_url_wins_over_parts(clean_env: pytest.MonkeyPatch) -> None:
     url = "mysql+asyncmy://u:p@db:3306/x?charset=utf8mb4"
-    assert load_settings(database_url=url).sqlalchemy_url == url
+    assert load_settings(api_env="test", database_url=url).sqlalchemy_url == url
 
 
 @pytest.mark.parametrize(("overrides", "named"), [
@@ -50,14 +108,15 @@ def test_database_url_wins_over_parts() -> None:
     ({"api_env": "prod", "jwt_secret": "x" * 40}, "TRUSTED_HOSTS"),
     ({"redis_timeout": 0}, "REDIS_TIMEOUT"),
 ])
-def test_bad_settings_name_the_variable(overrides: dict[str, object], named: str) -> None:
+def test_bad_settings_name_the_variable(clean_env: pytest.MonkeyPatch,
+                                        overrides: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(**overrides)
     message = str(info.value)
     assert "\n" not in message and named in message, message
 
 
-def test_prod_with_real_secrets_is_accepted() -> None:
+def test_prod_with_real_secrets_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
     settings = load_settings(api_env="prod", jwt_secret="s" * 48, trusted_hosts=["chat.example.com"])
     assert settings.api_env == "prod"
 
@@ -70,8 +129,9 @@ def test_env_sample_documents_every_setting() -> None:
 
 
 def run_serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {**os.environ, "CHAT_ENV_FILE": "", "API_ENV": "test"}
     return subprocess.run([sys.executable, "-m", "scripts.serve"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "CHAT_ENV_FILE": "", **env})
+                          text=True, timeout=60, env={**base, **env}, check=False)
 
 
 def test_run_command_stops_with_one_line_on_a_bad_setting() -> None:
@@ -85,4 +145,25 @@ def test_run_command_says_which_service_is_down_and_how_to_start_it() -> None:
     assert result.returncode == 3
     assert "MariaDB is not reachable at 127.0.0.1:1" in result.stderr
     assert "Redis is not reachable at 127.0.0.1:1" in result.stderr
-    assert "docker compose up -d" in result.stderr and "redis-server" in result.stderr
+    assert "docker compose up -d" in result.stderr
+    assert "scripts/start_services.sh" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_command_says_why_mariadb_refused_start_up() -> None:
+    result = run_serve({"DATABASE_URL": "mysql+asyncmy://no_such_user:wrong-pass-4242@127.0.0.1:"
+                                        "3306/chatserver?charset=utf8mb4"})
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "MariaDB" in lines[0] and "1045" in lines[0] and "Access denied" in lines[0]
+    assert "wrong-pass-4242" not in result.stderr
+
+
+def test_start_services_script_is_what_ci_and_serve_use() -> None:
+    script = (ROOT / "scripts" / "start_services.sh").read_text()
+    assert "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd" in script
+    assert 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ""' in script
+    assert "bash scripts/start_services.sh" in (ROOT / ".ci" / "run").read_text()
+    result = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "start_services.sh")],
+                            capture_output=True, text=True, timeout=10, check=False)
+    assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ Paths fall into three classes:
   page), static files and docs assets, ``/ws/*`` (the socket handler authenticates itself);
 - services ``/api/services`` and ``/api/services/*`` (exactly that prefix): HMAC API key;
 - everything else: a JWT from ``Authorization: Bearer <jwt>`` or the ``Authorization`` cookie,
-  then the user's status (deleted → 401, blocked → 403) on every request.
+  then the user's status (``web.user_status``: deleted → 401, blocked → 403) on every request.
 The outcome lands in the request state (``web.state``) and, for JWT routes, ``g.user``.
 """
 
@@ -21,9 +21,10 @@ from web.auth_keys import authenticate_signed_query
 from web.jwt_tokens import decode_token, strip_bearer
 from web.services import Services, get_services
 from web.state import state_of
+from web.user_status import check_user_status
 
 PUBLIC_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico"})
-PUBLIC_PREFIXES = ("/health", "/api/auth", "/chatgpt", "/static", "/docs-assets", "/ws")
+PUBLIC_PREFIXES = ("/health", "/api/auth", "/chatgpt", "/docs-assets", "/ws")
 
 
 class PathClass(Enum):
@@ -55,14 +56,7 @@ def _token_from_request() -> str | None:
 
 
 async def load_active_user(services: Services, user_id: int) -> accounts.UserRecord:
-    user = await accounts.get_user(services.storage.sql, user_id)
-    if user is None:
-        raise ApiError(401, "user_not_found", "The token's user does not exist.")
-    if user.status == "deleted":
-        raise ApiError(401, "user_deleted", "This account has been deleted.")
-    if user.status == "blocked":
-        raise ApiError(403, "user_blocked", "This account is blocked.")
-    return user
+    return check_user_status(await accounts.get_user(services.storage.sql, user_id), "token")
 
 
 async def access_control() -> None:

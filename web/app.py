@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from argon2 import PasswordHasher
+from quart import Response, current_app, request
 from quart_trio import QuartTrio
 
 from core.settings import Settings
@@ -42,6 +43,15 @@ from web.state import parse_networks
 MAX_BODY_BYTES = 1024 * 1024
 
 
+async def forget_key_checks(response: Response) -> Response:
+    """A change to keys, allow-lists or the user: cached key checks must not outlive it."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and request.path.startswith("/api/user"):
+        services = current_app.extensions.get(SERVICES_EXTENSION)
+        if services is not None:
+            services.key_cache.clear()
+    return response
+
+
 def create_app(
     settings: Settings,
     *,
@@ -49,7 +59,7 @@ def create_app(
     shutdown_grace: float = 10.0,
     password_hasher: PasswordHasher | None = None,
 ) -> QuartTrio:
-    app = QuartTrio("web")
+    app = QuartTrio("web", static_folder=None)  # the page serves its files with its CSP
     app.request_class = JsonErrorRequest
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -61,6 +71,7 @@ def create_app(
     install_error_handlers(app)
     install_docs(app)
     app.before_request(access_control)
+    app.after_request(forget_key_checks)
     for bp in (
         routes_health.bp,
         routes_auth.bp,

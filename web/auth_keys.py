@@ -7,23 +7,30 @@ allow-list (when it has one) → ``ApiError(403)``.
 ``authenticate_signed_query`` checks ``/api/services/*`` calls: query ``key=<access key>&
 timestamp=<unix seconds>`` (more parameters allowed) and header ``secret: base64(HMAC-SHA256(
 secret_key, raw query string exactly as sent))``. Timestamp within ±``hmac_window_seconds``,
-constant-time comparison, each (key, timestamp, signature) accepted once (remembered in Redis
-with ``SET NX EX 2×window``), then the same key / owner / allow-list rules.
+constant-time comparison of the header's exact bytes (nothing stripped: ``str.strip`` would drop
+``\xa0`` / ``\x85``, which HTTP keeps, and every variant would be a new request), each signed
+query accepted once, then the same key / owner / allow-list rules. The replay nonce is built
+from server-controlled values only (access key + raw query string, remembered in Redis with
+``SET NX EX 2×window``): nothing a client adds to the header can make a used query fresh.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from core.errors import ApiError
+from core.hmac_signing import sign_query_string
 from storage import accounts
 from web.services import Services
 from web.state import ip_in, parse_networks
+from web.user_status import check_user_status
+
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True)
@@ -33,19 +40,10 @@ class AuthedKey:
     key_id: int
 
 
-def sign(secret_key: str, raw_query: bytes) -> str:
-    """The signature of a query string: base64 of HMAC-SHA256 keyed with the secret key."""
-    digest = hmac.new(secret_key.encode(), raw_query, hashlib.sha256).digest()
-    return base64.b64encode(digest).decode("ascii")
-
-
 def _check_key(record: accounts.KeyAuthRecord, client_ip: str) -> AuthedKey:
     if record.key.status != "active":
         raise ApiError(403, "key_disabled", "This API key is disabled.")
-    if record.owner.status == "blocked":
-        raise ApiError(403, "user_blocked", "This account is blocked.")
-    if record.owner.status != "active":
-        raise ApiError(403, "user_inactive", "This account is not active.")
+    check_user_status(record.owner, "key")
     if record.allowed and not ip_in(client_ip, parse_networks(record.allowed)):
         raise ApiError(403, "ip_not_allowed", "This IP address may not use this API key.")
     return AuthedKey(user_id=record.owner.id, email=record.owner.email, key_id=record.key.id)
@@ -55,7 +53,8 @@ async def authenticate_access_key(services: Services, access_key: str, client_ip
     """The key's owner, for the WebSocket edge; ``ApiError(403)`` when refused."""
     record = None
     if 0 < len(access_key) <= 64:
-        record = await accounts.get_key_for_auth(services.storage.sql, access_key)
+        record = await services.key_cache.get(
+            access_key, lambda: accounts.get_key_for_auth(services.storage.sql, access_key))
     if record is None:
         raise ApiError(403, "key_invalid", "Unknown API key.")
     return _check_key(record, client_ip)
@@ -84,7 +83,7 @@ async def authenticate_signed_query(
     timestamp_text = _one(params, "timestamp")
     if not signature:
         raise ApiError(401, "signature_missing", "Header 'secret' is required.")
-    if not timestamp_text.isdigit() or len(timestamp_text) > 12:
+    if not _TIMESTAMP.fullmatch(timestamp_text):
         raise ApiError(401, "timestamp_invalid", "'timestamp' must be unix seconds.")
     current = time.time() if now is None else now
     if abs(current - int(timestamp_text)) > settings.hmac_window_seconds:
@@ -93,13 +92,13 @@ async def authenticate_signed_query(
     record = None
     if len(access_key) <= 64:
         record = await accounts.get_key_for_auth(services.storage.sql, access_key)
-    expected = sign(record.key.secret_key if record else "", raw_query)
-    if not hmac.compare_digest(expected.encode(), signature.strip().encode("latin-1")) or (
-        record is None
-    ):
+    expected = sign_query_string(record.key.secret_key if record else "", raw_query)
+    # The header exactly as received (Quart decodes header bytes as latin-1): no stripping.
+    sent = signature.encode("latin-1", errors="replace")
+    if not hmac.compare_digest(expected.encode(), sent) or record is None:
         raise ApiError(401, "signature_invalid", "The signature does not match.")
 
-    nonce = hashlib.sha256(f"{access_key}\n{timestamp_text}\n{signature}".encode()).hexdigest()
+    nonce = hashlib.sha256(access_key.encode() + b"\n" + raw_query).hexdigest()
     redis = services.storage.redis
     fresh = await redis.execute(
         "SET", redis.key("hmac-nonce", nonce), "1", "NX", "EX", settings.hmac_window_seconds * 2

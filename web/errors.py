@@ -60,11 +60,27 @@ def error_response(status: int, code: str, msg: str, detail: object = None) -> R
     return Response(error_body(status, code, msg, detail), status, content_type="application/json")
 
 
+def malformed_json() -> ApiError:
+    return ApiError(400, "malformed_json", "The request body is not valid JSON.")
+
+
 class JsonErrorRequest(TrioRequest):
-    """A request whose malformed JSON body is a clear 400, not a bare BadRequest."""
+    """A request whose malformed JSON body is a clear 400, not a bare BadRequest.
+
+    Deeply nested JSON (``[[[[...``) makes the parser raise ``RecursionError``, which is not a
+    ``ValueError`` and would otherwise surface as a 500.
+    """
 
     def on_json_loading_failed(self, error: Exception) -> Any:
-        raise ApiError(400, "malformed_json", "The request body is not valid JSON.")
+        raise malformed_json()
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            if silent:
+                return None
+            raise malformed_json() from None
 
 
 def _validation_detail(exc: RequestSchemaValidationError) -> list[dict[str, object]]:

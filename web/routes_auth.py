@@ -19,6 +19,7 @@ from web.jwt_tokens import bearer_value, issue_token
 from web.schemas import Credentials, LoggedOut, TokenOut
 from web.services import get_services
 from web.state import state_of
+from web.user_status import check_user_status
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
@@ -87,11 +88,7 @@ async def login(sns_type: str, data: Credentials) -> Response:
     stored = user.password_hash if user is not None else None
     if not await services.passwords.verify(stored, data.password):
         raise ApiError(401, "invalid_credentials", "Wrong email or password.")
-    assert user is not None
-    if user.status == "blocked":
-        raise ApiError(403, "user_blocked", "This account is blocked.")
-    if user.status != "active":
-        raise ApiError(401, "invalid_credentials", "Wrong email or password.")
+    user = check_user_status(user, "login")
     state_of(request.scope).user_id = user.id
     return _token_response(services.settings, user.id, 200)
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import trio
 from quart import Blueprint, Response, current_app
 from quart_schema import document_response, tag, validate_response
 
-from web.errors import ErrorBody
+from web.errors import ErrorBody, error_response
 from web.schemas import Liveness, Readiness
 from web.services import get_services
-from web.state import state_of
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger("chat.errors")
@@ -44,9 +42,8 @@ async def _probe(ping_name: str, ping: object) -> str:
 @validate_response(Readiness)
 @document_response(ErrorBody, 503)
 async def ready() -> Readiness | Response:
-    """Readiness: Redis and the database both answer a ping (503 names the one that failed)."""
-    from quart import request
-
+    """Readiness: Redis and the database both answer a ping (503 names the one that failed;
+    ``detail`` maps each store to ok / timeout / unavailable)."""
     services = get_services(current_app)
     results: dict[str, str] = {}
 
@@ -59,12 +56,4 @@ async def ready() -> Readiness | Response:
     if all(v == "ok" for v in results.values()):
         return Readiness(**results)
     failed = sorted(name for name, v in results.items() if v != "ok")
-    state_of(request.scope).error_code = "not_ready"
-    body = {
-        "status": 503,
-        "msg": f"Not ready: {', '.join(failed)}",
-        "detail": results,
-        "code": "not_ready",
-        **results,
-    }
-    return Response(json.dumps(body), 503, content_type="application/json")
+    return error_response(503, "not_ready", f"Not ready: {', '.join(failed)}", results)

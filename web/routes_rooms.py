@@ -17,11 +17,11 @@ from quart_schema import (
     validate_response,
 )
 
+from chat_actors.room_ids import parse_room_id
 from chat_actors.service import Chat
 from core.errors import ApiError
 from storage.rooms import RoomInfo, get_room, list_rooms, rename_room
 from web.routes_user import current_user, document_errors
-from web.schemas import DeletedOut
 from web.services import Services, get_services
 
 bp = Blueprint("chatrooms", __name__, url_prefix="/api/user/chatrooms")
@@ -32,7 +32,8 @@ ROOM = "string(maxlength=64)"
 
 
 class RoomOut(BaseModel):
-    id: int
+    """A room is addressed by its ``chat_room_id`` everywhere (socket, REST paths)."""
+
     chat_room_id: str
     name: str
     created_at: datetime
@@ -43,12 +44,17 @@ class RoomList(BaseModel):
     chat_rooms: list[RoomOut]
 
 
+class RoomDeleted(BaseModel):
+    chat_room_id: str
+    deleted: bool = True
+
+
 class RoomUpdate(BaseModel):
     name: str = Field(min_length=1, max_length=255)
 
 
 def _out(room: RoomInfo) -> RoomOut:
-    return RoomOut(id=room.id, chat_room_id=room.chat_room_id, name=room.name,
+    return RoomOut(chat_room_id=room.chat_room_id, name=room.name,
                    created_at=room.created_at, last_used_at=room.last_used_at)
 
 
@@ -60,11 +66,10 @@ def _services() -> tuple[Services, Chat]:
 
 
 def _check_room_id(chat_room_id: str) -> None:
-    from web.ws import ROOM_ID
-
-    if not ROOM_ID.match(chat_room_id):
-        raise ApiError(400, "bad_room_id",
-                       "chat_room_id must be 1-64 letters, digits, '_', '-', '.', ':'.")
+    try:
+        parse_room_id(chat_room_id)
+    except ValueError as exc:
+        raise ApiError(400, "bad_room_id", str(exc)) from None
 
 
 @bp.get("")
@@ -72,7 +77,8 @@ def _check_room_id(chat_room_id: str) -> None:
 @document_errors()
 async def list_chatrooms() -> RoomList:
     """The user's chat rooms, most recently used first."""
-    services, _ = _services()
+    services, chat = _services()
+    await chat.rooms.flush()  # rooms that sockets entered a moment ago are listed too
     rooms = await services.storage.sql.run(list_rooms(current_user().id))
     return RoomList(chat_rooms=[_out(r) for r in rooms])
 
@@ -84,20 +90,22 @@ async def list_chatrooms() -> RoomList:
 async def rename_chatroom(chat_room_id: str, data: RoomUpdate) -> RoomOut:
     """Name a room (created if it does not exist yet)."""
     _check_room_id(chat_room_id)
-    services, _ = _services()
+    services, chat = _services()
+    await chat.rooms.flush()
     room = await services.storage.sql.run(rename_room(current_user().id, chat_room_id, data.name))
     return _out(room)
 
 
 @bp.delete(f"/<{ROOM}:chat_room_id>")
-@validate_response(DeletedOut)
+@validate_response(RoomDeleted)
 @document_errors(404)
-async def delete_chatroom(chat_room_id: str) -> DeletedOut:
+async def delete_chatroom(chat_room_id: str) -> RoomDeleted:
     """Delete a room: its session stops and its stored messages go."""
     services, chat = _services()
     user_id = current_user().id
+    await chat.rooms.flush()
     room = await services.storage.sql.run(get_room(user_id, chat_room_id))
     if room is None:
         raise ApiError(404, "chat_room_not_found", "No such chat room.")
     await chat.delete_room(user_id, chat_room_id)
-    return DeletedOut(id=room.id, deleted=True)
+    return RoomDeleted(chat_room_id=room.chat_room_id)

@@ -86,8 +86,9 @@ async def put_me(data: UserUpdate) -> UserOut:
 @validate_response(DeletedOut)
 @document_errors()
 async def delete_me() -> DeletedOut:
-    """Delete the account: marked deleted, personal data scrubbed, API keys disabled, and every
-    ``Services.user_deleted_hooks`` hook called (the chat side removes the user's chat data)."""
+    """Delete the account: marked deleted, personal data scrubbed, API keys disabled and chat
+    room rows deleted (one transaction), then every ``Services.user_deleted_hooks`` hook called
+    (the chat side removes the user's chat data from Redis)."""
     services = get_services(current_app)
     user_id = current_user().id
     await accounts.delete_user(services.storage.sql, user_id)

@@ -51,10 +51,13 @@ class UserOut(BaseModel):
 
 
 class UserUpdate(Strict):
+    """Only the fields present change; ``null`` clears a nullable field. ``marketing_agree`` is
+    never null (the column is NOT NULL): ``null`` there is a 422 naming it."""
+
     name: str | None = Field(default=None, max_length=64)
     phone_number: str | None = Field(default=None, max_length=32, pattern=r"^[0-9+() .-]*$")
     profile_img: str | None = Field(default=None, max_length=255)
-    marketing_agree: bool | None = None
+    marketing_agree: bool = False
 
 
 class DeletedOut(BaseModel):
@@ -110,7 +113,11 @@ class WhitelistCreate(Strict):
     @field_validator("ip_addr")
     @classmethod
     def _valid_ip(cls, value: str) -> str:
-        """An IPv4/IPv6 address or CIDR range, stored in canonical form."""
+        """An IPv4/IPv6 address or CIDR range, stored in canonical form.
+
+        IPv6 zone ids (``fe80::1%eth0``) name an interface of the client's host: refused."""
+        if "%" in value:
+            raise ValueError("not an IPv4/IPv6 address or CIDR range (no zone ids)")
         try:
             if "/" in value:
                 return str(ipaddress.ip_network(value.strip(), strict=False))

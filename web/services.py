@@ -27,6 +27,7 @@ import trio
 from core.errors import ApiError
 from core.settings import Settings
 from storage import Storage, open_storage
+from web.key_cache import KeyAuthCache
 from web.passwords import Passwords
 
 UserDeletedHook = Callable[["Services", int], Awaitable[None]]
@@ -44,6 +45,10 @@ class Services:
     chat: object | None = None
     user_deleted_hooks: list[UserDeletedHook] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)
+    key_cache: KeyAuthCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key_cache = KeyAuthCache(self.settings.key_cache_seconds)
 
 
 @dataclass

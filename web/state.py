@@ -42,9 +42,11 @@ def state_of(scope: Mapping[str, Any]) -> RequestState:
 
 
 def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
-    """IP addresses or CIDR ranges; entries that are neither are skipped."""
+    """IP addresses or CIDR ranges; entries that are neither (or carry a zone id) are skipped."""
     networks: list[IPNetwork] = []
     for entry in entries:
+        if "%" in entry:
+            continue
         try:
             networks.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError:

@@ -2,17 +2,17 @@
 
 The key is checked **before** the upgrade (403, no upgrade). Then one socket = two tasks in one
 nursery: the reader turns client frames into ``UserInput`` casts to the session actor, the
-writer drains the socket's ``Outbox`` (which never blocks the session). All cleanup is in
-``finally``: a client that goes away cancels the handler, it never runs ``after_websocket``.
+writer drains the socket's ``Outbox`` (which never blocks the session). A watcher closes the
+connection as soon as the session cuts the outbox (stuck socket, failed session), even while the
+writer is blocked in a send. All cleanup is in ``finally``: a client that goes away cancels the
+handler, it never runs ``after_websocket``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 from quart import Blueprint, current_app, websocket
@@ -21,6 +21,7 @@ from quart.wrappers import Response
 from chat_actors import frames
 from chat_actors.outbox import Outbox, OutboxClosed
 from chat_actors.registry import SessionRef, SessionRegistry
+from chat_actors.room_ids import parse_room_id
 from chat_actors.service import Chat
 from core.errors import ActorDead, ApiError, StorageError
 from web.auth_keys import AuthedKey, authenticate_access_key
@@ -30,9 +31,12 @@ from web.state import state_of
 log = logging.getLogger("chat.ws")
 bp = Blueprint("chat_ws", __name__)
 
-ROOM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 OUTBOX_MAX_FRAMES = 512
 OUTBOX_STUCK_SECONDS = 30.0
+#: Bound of the work before the init frame (key check, session start): past it the client gets
+#: an answer (503 / an error frame) instead of a socket that hangs.
+JOIN_TIMEOUT = 15.0
+CLOSE_POLICY, CLOSE_ERROR = 1008, 1011
 
 
 class BadFrame(Exception):
@@ -48,22 +52,13 @@ class ClientFrame:
     room: str | None
 
 
-def parse_room(value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise BadFrame("bad_frame", "chat_room_id must be an integer or a string")
-    room = str(value)
-    if not ROOM_ID.match(room):
-        raise BadFrame("bad_frame", "chat_room_id must be 1-64 letters, digits, '_', '-', '.'")
-    return room
-
-
 def parse_frame(data: str | bytes, max_bytes: int) -> ClientFrame:
     size = len(data.encode() if isinstance(data, str) else data)
     if size > max_bytes:
         raise BadFrame("too_long", f"Frame of {size} bytes is over the limit of {max_bytes}.")
     try:
         body = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadFrame("bad_frame", "Frames must be JSON objects.") from None
     if not isinstance(body, dict):
         raise BadFrame("bad_frame", "Frames must be JSON objects.")
@@ -74,8 +69,11 @@ def parse_frame(data: str | bytes, max_bytes: int) -> ClientFrame:
     if not isinstance(translate, bool):
         raise BadFrame("bad_frame", "'translate' must be true or false.")
     room = body.get("chat_room_id")
-    return ClientFrame(msg=msg, translate=translate,
-                       room=None if room is None else parse_room(room))
+    try:
+        return ClientFrame(msg=msg, translate=translate,
+                           room=None if room is None else parse_room_id(room))
+    except ValueError as exc:
+        raise BadFrame("bad_frame", str(exc)) from None
 
 
 def _reject(status: int, code: str, msg: str) -> Response:
@@ -92,12 +90,16 @@ async def chat_socket(access_key: str) -> Response | None:
         return _reject(503, "not_ready", "The chat service is not running.")
     state = state_of(websocket.scope)
     try:
-        authed = await authenticate_access_key(services, access_key, state.client_ip)
-        room = parse_room(websocket.args.get("chat_room_id", "0"))
+        room = parse_room_id(websocket.args.get("chat_room_id", "0"))
+        with trio.fail_after(JOIN_TIMEOUT):
+            authed = await authenticate_access_key(services, access_key, state.client_ip)
+    except trio.TooSlowError:
+        log.error("key check took more than %s s", JOIN_TIMEOUT)
+        return _reject(503, "storage_unavailable", "The key could not be checked in time; retry.")
+    except ValueError as exc:
+        return _reject(400, "bad_room_id", str(exc))
     except ApiError as exc:
         return _reject(403, exc.code, exc.msg)
-    except BadFrame as exc:
-        return _reject(400, exc.code, str(exc))
     except StorageError:
         return _reject(503, "storage_unavailable", "The key could not be checked; retry.")
     state.user_id, state.api_key_id = authed.user_id, authed.key_id
@@ -109,8 +111,8 @@ async def chat_socket(access_key: str) -> Response | None:
 class ChatSocket:
     """One accepted socket: its outbox (for its whole life), its current room and session.
 
-    Moving rooms detaches the outbox from the old session and attaches it to the new one; frames
-    carry ``chat_room_id``, so a few late frames of the old room are still told apart.
+    Moving rooms detaches the outbox from the old session (a call: once it returns the old
+    session pushes nothing more) and attaches it to the new one, whose init frame follows.
     """
 
     def __init__(self, chat: Chat, authed: AuthedKey, room: str) -> None:
@@ -125,8 +127,18 @@ class ChatSocket:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, nursery.cancel_scope)
-                await self._enter(self.room)
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._watch_close, nursery.cancel_scope)
+                try:
+                    with trio.fail_after(JOIN_TIMEOUT):
+                        await self._enter(self.room)
+                except (StorageError, ActorDead, trio.TooSlowError) as exc:
+                    log.error("socket could not join room %s: %r", self.room, exc)
+                    self.outbox.push(frames.error_frame(
+                        self.room, "storage_unavailable",
+                        "The chat session could not be started; retry shortly.", close=True))
+                    self.outbox.close("session unavailable")
+                    return
                 await self._reader()
         finally:
             self.outbox.close()
@@ -134,16 +146,13 @@ class ChatSocket:
                 await self.registry.detach(self.session, self.outbox)
 
     async def _enter(self, room: str) -> None:
-        """Attach to ``room``'s session (its init frame arrives through the outbox)."""
+        """Attach to ``room``'s session; its init frame arrives through the outbox."""
         if self.session is not None:
             await self.registry.detach(self.session, self.outbox)
             self.session = None
-        try:
-            await self.chat.rooms.touched(self.user_id, room)
-        except StorageError as exc:
-            log.warning("room %s could not be recorded: %s", room, exc)
         self.room = room
         self.session = await self.registry.attach(self.user_id, room, self.outbox)
+        self.chat.rooms.touched(self.user_id, room)
 
     async def _reader(self) -> None:
         while True:
@@ -162,25 +171,42 @@ class ChatSocket:
                                                     "'msg' must not be empty."))
 
     async def _send(self, frame: ClientFrame) -> None:
+        text = frame.msg
+        if frame.translate and not text.startswith("/"):
+            translation = await self.chat.translator.translate(self.room, text)
+            self.outbox.push(translation.notice)
+            text = translation.text
         assert self.session is not None
         try:
-            await self.registry.send(self.session, self.outbox, frame.msg, frame.translate)
+            await self.registry.send(self.session, self.outbox, text)
         except ActorDead:
-            # The session stopped (idle, or gave up after crashes): start a fresh one, once.
+            # The session stopped (idle, room deleted, gave up): start a fresh one, once.
             self.session = None
             await self._enter(self.room)
             assert self.session is not None
-            await self.registry.send(self.session, self.outbox, frame.msg, frame.translate)
+            await self.registry.send(self.session, self.outbox, text)
 
-    async def _writer(self, cancel_scope: trio.CancelScope) -> None:
+    async def _writer(self) -> None:
         try:
             while True:
-                frame: dict[str, Any] = await self.outbox.next_frame()
-                await websocket.send(json.dumps(frame, ensure_ascii=False))
-        except OutboxClosed as exc:
-            if str(exc):  # dropped by the session: stuck or too slow
-                with trio.move_on_after(1):
-                    await websocket.close(1008, str(exc)[:120])
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                frame = await self.outbox.next_frame()
+                with trio.move_on_after(OUTBOX_STUCK_SECONDS) as scope:
+                    await websocket.send(json.dumps(frame, ensure_ascii=False))
+                if scope.cancelled_caught:
+                    self.outbox.close("socket stuck: a send did not complete", drop=True)
+                    return
+        except OutboxClosed:
             pass
+
+    async def _watch_close(self, cancel_scope: trio.CancelScope) -> None:
+        """When the session cuts this socket, close the connection at once."""
+        await self.outbox.closed_event.wait()
+        if not self.outbox.close_reason:
+            return  # a plain close from our own finally
+        with trio.move_on_after(1):  # let the writer flush what the session still queued
+            while self.outbox.pending:
+                await trio.sleep(0.01)
+        code = CLOSE_POLICY if "stuck" in self.outbox.close_reason else CLOSE_ERROR
+        with trio.move_on_after(1):
+            await websocket.close(code, self.outbox.close_reason[:120])
         cancel_scope.cancel()

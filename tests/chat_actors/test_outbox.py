@@ -30,7 +30,7 @@ async def test_deltas_of_different_rooms_never_merge() -> None:
     box = Outbox()
     box.push(frames.delta_frame("0", "x"))
     box.push(frames.delta_frame("1", "y"))
-    assert [(await box.next_frame())["chat_room_id"] for _ in range(2)] == ["0", "1"]
+    assert [(await box.next_frame())["chat_room_id"] for _ in range(2)] == [0, 1]
 
 
 async def test_errors_and_echoes_are_never_merged() -> None:

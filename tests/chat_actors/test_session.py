@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -11,9 +12,11 @@ import trio
 from chat_actors import frames
 from chat_actors.outbox import Outbox
 from chat_actors.service import Chat, open_chat
+from core.errors import StorageError
 from core.settings import Settings, load_settings
 from scripts.mock_upstream import expected_answer, serve_mock_upstream
 from storage import open_storage
+from tests.storage.servers import redis_server
 
 
 @pytest.fixture
@@ -100,12 +103,6 @@ async def test_crash_does_not_touch_other_sessions(chat: Chat) -> None:
     assert ref_a.alive
 
 
-async def test_test_hook_is_refused_outside_tests(db_settings: Settings) -> None:
-    from chat_actors.registry import SessionRegistry
-
-    registry = SessionRegistry(deps=None, test_hooks=False)  # type: ignore[arg-type]
-    with pytest.raises(PermissionError):
-        await registry.crash_for_test(1, "0")
 
 
 async def test_crash_mid_answer_keeps_the_text_and_the_queue(chat: Chat) -> None:
@@ -144,3 +141,87 @@ async def test_stopping_a_session_keeps_the_answer_in_progress(chat: Chat) -> No
     snap = await chat.registry.snapshot(7, "0")
     assert [(m.role, m.partial) for m in snap.messages] == [("user", False), ("assistant", True)]
     assert snap.messages[1].content
+
+
+async def test_idle_watch_does_not_spin_while_busy(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_actors.session import SessionActor
+
+    calls = 0
+    original = SessionActor._idle_for
+
+    def counting(self: SessionActor) -> float:
+        nonlocal calls
+        calls += 1
+        return original(self)
+
+    monkeypatch.setattr(SessionActor, "_idle_for", counting)
+    await chat.registry.attach(8, "0", Outbox())  # attached: never idle (idle time is 0.5 s)
+    await trio.sleep(2.0)
+    assert calls < 30, f"the idle watcher woke {calls} times in 2 s"
+
+
+async def test_a_closed_outbox_does_not_keep_a_session_alive(chat: Chat) -> None:
+    box = Outbox()
+    box.close()  # its socket left while the Attach was queued
+    await chat.registry.attach(9, "0", box)
+    with trio.fail_after(5):
+        while len(chat.registry) > 0:
+            await trio.sleep(0.05)
+
+
+async def test_test_hook_is_off_outside_tests(db_settings: Settings, redis_actor: object) -> None:
+    settings = load_settings(api_env="local", jwt_secret="j" * 40,
+                             redis_key_prefix=db_settings.redis_key_prefix,
+                             database_url=db_settings.database_url)
+    async with open_storage(settings) as storage, open_chat(settings, storage) as chat:
+        with pytest.raises(PermissionError):
+            await chat.registry.crash_for_test(1, "0")
+
+
+async def test_an_empty_answer_is_not_stored(chat: Chat) -> None:
+    box = Outbox()
+    ref = await chat.registry.attach(10, "0", box)
+    await drain(box)
+    await chat.registry.send(ref, box, "say nothing [mock tokens=0]")
+    assert await read_answer(box) == ""
+    snap = await chat.registry.snapshot(10, "0")
+    assert [m.role for m in snap.messages] == ["user"]
+
+
+async def test_redis_down_gives_an_error_frame_and_the_session_goes_on(
+    db_settings: Settings, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    redis = redis_server(tmp_path)
+    redis.start()
+    try:
+        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=5,
+                                           delay_ms=1))
+        settings = load_settings(
+            api_env="test", redis_url=f"redis://127.0.0.1:{redis.port}/0", redis_timeout=1.0,
+            database_url=db_settings.database_url, openai_base_url=f"http://127.0.0.1:{port}/v1")
+        async with open_storage(settings) as storage, open_chat(settings, storage) as chat:
+            box = Outbox()
+            ref = await chat.registry.attach(11, "0", box)
+            await drain(box)
+            await chat.registry.send(ref, box, "before")
+            assert await read_answer(box)
+            await chat.registry.snapshot(11, "0")  # handled after the answer is stored
+            redis.kill()
+            await chat.registry.send(ref, box, "while down")
+            with trio.fail_after(10):
+                frame = await box.next_frame()
+            assert frame["error"]["code"] == "storage_unavailable"  # type: ignore[index]
+            redis.restart()
+            with trio.fail_after(10):
+                while True:  # the actor reconnects by itself; wait until it has
+                    try:
+                        await storage.redis.ping()
+                        break
+                    except StorageError:
+                        await trio.sleep(0.1)
+            await chat.registry.send(ref, box, "after")
+            assert await read_answer(box)
+            snap = await chat.registry.snapshot(11, "0")
+            assert [m.content for m in snap.messages if m.role == "user"] == ["before", "after"]
+    finally:
+        redis.kill()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import trio
 
 from core.errors import StorageUnavailable
-from storage.bridge import open_bridge
+from storage.bridge import AsyncioBridge, open_bridge
 
 
 async def test_result_and_exception_cross() -> None:
@@ -100,3 +101,30 @@ async def test_leftover_tasks_are_cancelled_on_close() -> None:
         await bridge.run(start_leftover)
     assert cancelled == [True]
     assert bridge.loop.is_closed()
+
+
+async def test_caller_cancelled_after_the_loop_closed_gets_cancelled_not_runtime_error() -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    bridge = AsyncioBridge(loop, trio.lowlevel.current_trio_token())
+    started = trio.Event()
+
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    async def close_loop() -> None:
+        await started.wait()
+        await trio.sleep(0.05)  # the call is in flight
+        loop.call_soon_threadsafe(loop.stop)
+        await trio.to_thread.run_sync(thread.join, 5.0)
+        loop.close()  # the call's task is abandoned; nobody will ever report its end
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(close_loop)
+        with trio.move_on_after(0.5) as scope:
+            started.set()
+            await bridge.run(slow)
+    assert scope.cancelled_caught  # Cancelled, not "RuntimeError: Event loop is closed"
+    assert trio.current_time() - start < 1.5  # and no grace period spent waiting for nothing

@@ -109,3 +109,19 @@ async def test_partial_flag_round_trips(redis_actor: RedisActor) -> None:
     cut = StoredMessage(id=1, role="assistant", content="half", tokens=2, ts=1, partial=True)
     await store.change(USER, ROOM, append=[cut], next_id=1, count=1)
     assert (await store.load(USER, ROOM)).messages == [cut]
+
+
+async def test_checked_change_refuses_when_the_list_is_not_as_believed(
+    redis_actor: RedisActor,
+) -> None:
+    store = store_for(redis_actor)
+    assert await store.change(USER, ROOM, append=[msg(1), msg(2, "assistant")], next_id=2, count=2)
+    _, messages_key, _ = keys(redis_actor)
+    await redis_actor.execute("DEL", messages_key)  # e.g. expired under a live session
+    assert not await store.change(USER, ROOM, append=[msg(3)], next_id=3, count=3)
+    assert await redis_actor.execute("LLEN", messages_key) == 0  # nothing half-applied
+    # A removal of a message that is not there is refused too, whole.
+    assert await store.change(USER, ROOM, append=[msg(4)], next_id=4, count=1)
+    assert not await store.change(USER, ROOM, remove=[msg(1)], append=[msg(5)], next_id=5,
+                                  count=1)
+    assert [m.id for m in (await store.load(USER, ROOM)).messages] == [4]

@@ -11,6 +11,7 @@ import storage
 from core.errors import StorageConflict, StorageError, StorageTimeout, StorageUnavailable
 from storage.errors import (
     REDIS_ERRORS,
+    SQL_CONFLICT_CODES,
     SQL_TIMEOUT_CODES,
     SQL_UNAVAILABLE_CODES,
     map_redis_error,
@@ -56,8 +57,11 @@ def _wrapped(cls: type[sx.DBAPIError], code: int, invalidated: bool = False) -> 
 
 
 SQL_CASES: list[tuple[BaseException, type[StorageError]]] = [
-    (_wrapped(sx.IntegrityError, 1062), StorageConflict),
+    *[(_wrapped(sx.IntegrityError, code), StorageConflict) for code in sorted(SQL_CONFLICT_CODES)],
     (asyncmy.errors.IntegrityError(1452, "fk"), StorageConflict),
+    # NOT NULL / CHECK refusing a write is a bug of ours, not a conflict the client caused
+    (_wrapped(sx.IntegrityError, 1048), StorageError),
+    (asyncmy.errors.IntegrityError(4025, "check"), StorageError),
     *[(_wrapped(sx.OperationalError, code), StorageTimeout) for code in sorted(SQL_TIMEOUT_CODES)],
     *[
         (_wrapped(sx.OperationalError, code), StorageUnavailable)

@@ -116,6 +116,25 @@ async def test_bootstrap_is_idempotent_and_binds_user_and_password(settings: Set
         await trio.to_thread.run_sync(_drop, settings, db, user)
 
 
+async def test_bootstrap_follows_database_url(settings: Settings) -> None:
+    tag = uuid.uuid4().hex[:8]
+    db, user, password = f"tu_url_{tag}", f"tuu_{tag}", "url-pass"
+    boot = load_settings(
+        api_env="test",
+        mysql_root_password=settings.mysql_password,
+        database_url=f"mysql+asyncmy://{user}:{password}@{settings.mysql_host}:"
+                     f"{settings.mysql_port}/{db}?charset=utf8mb4",
+        mysql_database=f"not_this_{tag}",
+        mysql_user=f"nor_this_{tag}",
+        mysql_port=1,  # the parts are not used when DATABASE_URL is set
+    )
+    try:
+        assert await trio.to_thread.run_sync(bootstrap, boot) is True
+        assert await trio.to_thread.run_sync(_can_use, db, user, password)
+    finally:
+        await trio.to_thread.run_sync(_drop, settings, db, user)
+
+
 def test_bootstrap_without_root_credentials_does_nothing() -> None:
     assert bootstrap(load_settings(api_env="test", mysql_root_password=None)) is False
 

@@ -10,7 +10,7 @@ import trio
 from core.errors import StorageError, StorageTimeout
 from core.settings import Settings
 from storage.redis_actor import RedisActor, open_redis_actor
-from storage.redis_commands import block_seconds
+from storage.redis_commands import block_seconds, check_args
 
 
 async def test_key_helper(redis_actor: RedisActor) -> None:
@@ -51,6 +51,33 @@ async def test_errors_stay_with_their_caller_in_a_batch(redis_actor: RedisActor)
     assert outcomes == {i: (StorageError if i % 2 else "v") for i in range(200)}
     with pytest.raises(StorageError):
         await redis_actor.execute("NOSUCHCOMMAND")
+
+
+@pytest.mark.parametrize("args", [
+    ("BLPOP", "q", 0), ("brpop", "q", 1), ("BLMOVE", "a", "b", "LEFT", "RIGHT", 1),
+    ("BZPOPMIN", "z", 1), ("BLMPOP", 1, 1, "q", "LEFT"), ("WAIT", 1, 1000),
+    ("XREAD", "BLOCK", 100, "STREAMS", "s", "$"), ("xreadgroup", "GROUP", "g", "c", "block", 0,
+                                                   "STREAMS", "s", ">"),
+    ("SUBSCRIBE", "ch"), ("PSUBSCRIBE", "c*"), ("MONITOR",), ("MULTI",), ("WATCH", "k"),
+    ("SELECT", 1), ("RESET",),
+])
+async def test_blocking_and_stateful_commands_are_refused_by_execute(
+    redis_actor: RedisActor, args: tuple[object, ...]
+) -> None:
+    with pytest.raises(TypeError) as info:
+        with trio.fail_after(5):
+            await redis_actor.execute(*args)
+    assert str(args[0]).upper() in str(info.value)
+    # the shared pipeline is not stalled: the next caller is answered at once
+    with trio.fail_after(2):
+        assert await redis_actor.execute("ECHO", "still here") == "still here"
+
+
+async def test_non_blocking_stream_read_is_allowed(redis_actor: RedisActor) -> None:
+    stream = redis_actor.key("stream")
+    await redis_actor.execute("XADD", stream, "*", "f", "v")
+    got = await redis_actor.execute("XREAD", "COUNT", 1, "STREAMS", stream, "0")
+    assert got[0][0] == stream
 
 
 async def test_invalid_argument_type_is_refused_before_queueing(redis_actor: RedisActor) -> None:
@@ -95,8 +122,11 @@ async def test_blocking_call_times_out_by_itself(redis_actor: RedisActor) -> Non
 
 
 async def test_queued_cancelled_op_is_not_sent_sent_op_runs_whole(
-    redis_actor: RedisActor,
+    redis_actor: RedisActor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A BLPOP with a short timeout is the test's way to keep a batch in flight for 0.3 s
+    # without slowing the shared server: let execute() take it here (it refuses it otherwise).
+    monkeypatch.setattr("storage.redis_actor.check_batchable", check_args)
     r = redis_actor
     late_scope = trio.CancelScope()
     left: list[float] = []
@@ -125,7 +155,10 @@ async def test_queued_cancelled_op_is_not_sent_sent_op_runs_whole(
     assert await r.execute("GET", r.key("late")) == "1"  # ...but its sent write ran whole
 
 
-async def test_command_past_the_socket_timeout_is_storage_timeout(settings: Settings) -> None:
+async def test_command_past_the_socket_timeout_is_storage_timeout(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("storage.redis_actor.check_batchable", check_args)  # a slow command
     async with open_redis_actor(
         settings.redis_url, prefix=settings.redis_key_prefix, timeout=0.3
     ) as r:

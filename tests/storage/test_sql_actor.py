@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import StorageConflict, StorageError, StorageTimeout
 from core.settings import Settings
 from storage.models import ApiKey, ChatRoom, SnsType, User, UserStatus
-from storage.sql_actor import SqlActor, open_sql_actor
+from storage.sql_actor import SqlActor, open_sql_actor, statement_timeout_sql
 
 
 async def _add_user(sql: SqlActor, email: str) -> int:
@@ -102,12 +103,54 @@ async def _sleep(s: AsyncSession, seconds: float) -> object:
 async def test_every_connection_has_max_statement_time(
     settings: Settings, fresh_database: str
 ) -> None:
-    async with open_sql_actor(fresh_database, statement_timeout=2.5, pool_size=2) as sql:
+    pool_size = 4
+    async with open_sql_actor(fresh_database, statement_timeout=2.5, pool_size=pool_size) as sql:
+        inside = 0
+        seen: list[tuple[int, float]] = []
 
-        async def unit(s: AsyncSession) -> float:
-            return float((await s.execute(text("SELECT @@max_statement_time"))).scalar_one())
+        async def unit(s: AsyncSession) -> None:
+            nonlocal inside
+            row = (await s.execute(text("SELECT CONNECTION_ID(), @@max_statement_time"))).one()
+            seen.append((int(row[0]), float(row[1])))
+            inside += 1
+            for _ in range(500):  # hold this connection until all pool_size are held at once
+                if inside >= pool_size:
+                    break
+                await asyncio.sleep(0.01)
 
-        assert await sql.run(unit) == 2.5
+        async with trio.open_nursery() as nursery:
+            for _ in range(pool_size):
+                nursery.start_soon(sql.run, unit)
+        assert len({conn for conn, _ in seen}) == pool_size  # all distinct, held together
+        assert [limit for _, limit in seen] == [2.5] * pool_size
+
+
+@pytest.mark.parametrize(("version", "statement"), [
+    ("11.4.2-MariaDB-ubu2204", "SET SESSION max_statement_time = 1.500"),
+    ("5.5.5-10.11.6-MariaDB-0+deb12u1", "SET SESSION max_statement_time = 1.500"),
+    ("8.0.36", "SET SESSION max_execution_time = 1500"),
+    ("8.4.0-commercial", "SET SESSION max_execution_time = 1500"),
+])
+def test_statement_limit_follows_the_server_flavour(version: str, statement: str) -> None:
+    assert statement_timeout_sql(version, 1.5) == statement
+
+
+async def test_errors_never_carry_sql_parameters(sql_actor: SqlActor) -> None:
+    secret = "argon2-hash-that-must-not-leak-5c1e"
+
+    async def unit(s: AsyncSession) -> None:
+        # the server's own message (no such table) does not echo the statement
+        await s.execute(text("SELECT * FROM no_such_table WHERE h = :secret"), {"secret": secret})
+
+    with pytest.raises(StorageError) as info:
+        await sql_actor.run(unit)
+    chain = []
+    exc: BaseException | None = info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__
+    assert "no_such_table" in "\n".join(chain)
+    assert secret not in "\n".join(chain)
 
 
 async def test_statement_timeout_is_storage_timeout(fresh_database: str) -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import datetime
 
 import jwt
+import pytest
 import trio
 
+from core.errors import ApiError
 from core.settings import Settings
 from storage import accounts
 from tests.web.conftest import PASSWORD, Client, bearer, error_code, register
 from web.jwt_tokens import issue_token
 from web.services import get_services
+from web.user_status import Context, check_user_status
 
 
 async def test_register_returns_token_and_cookie(client: Client) -> None:
@@ -157,6 +161,37 @@ async def test_user_status_checked_on_every_request(client: Client, app: object)
     await accounts.set_user_status(sql, me["id"], "deleted")
     r = await client.get("/api/user/me", headers=bearer(token))
     assert r.status_code == 401 and await error_code(r) == "user_deleted"
+    login = await client.post("/api/auth/login/email", json={"email": "status@example.com", "password": PASSWORD})
+    assert login.status_code == 401 and await error_code(login) == "invalid_credentials"
+
+
+def _user(status: str) -> accounts.UserRecord:
+    now = datetime(2025, 1, 1)
+    return accounts.UserRecord(
+        id=1, email="u@example.com", password_hash=None, name=None, phone_number=None,
+        profile_img=None, sns_type="email", status=status, marketing_agree=False,
+        created_at=now, updated_at=now,
+    )
+
+
+@pytest.mark.parametrize(("status", "context", "expected"), [
+    (None, "token", (401, "user_not_found")),
+    (None, "login", (401, "invalid_credentials")),
+    ("deleted", "token", (401, "user_deleted")),
+    ("deleted", "key", (403, "user_deleted")),
+    ("deleted", "login", (401, "invalid_credentials")),
+    ("blocked", "token", (403, "user_blocked")),
+    ("blocked", "key", (403, "user_blocked")),
+    ("blocked", "login", (403, "user_blocked")),
+])
+def test_one_user_status_rule_for_every_way_in(status: str | None, context: Context,
+                                               expected: tuple[int, str]) -> None:
+    user = None if status is None else _user(status)
+    with pytest.raises(ApiError) as info:
+        check_user_status(user, context)
+    assert (info.value.status, info.value.code) == expected
+    active = _user("active")
+    assert check_user_status(active, context) is active
 
 
 async def test_token_for_unknown_user(client: Client, web_settings: Settings) -> None:

@@ -26,13 +26,13 @@ async def test_ready_names_the_failed_store(web_settings: Settings, redis_actor:
     broken = web_settings.model_copy(
         update={"database_url": web_settings.sqlalchemy_url.replace(":3306/", ":1/"), "mysql_statement_timeout": 1}
     )
-    broken.__dict__.pop("sqlalchemy_url", None)
     app = create_app(broken, extra_services=(), password_hasher=CHEAP_HASHER)
     async with app.test_app() as running:
         r = await Client(running.test_client()).get("/health/ready")
         body = await r.get_json()
         assert r.status_code == 503 and body["code"] == "not_ready"
-        assert body["redis"] == "ok" and body["database"] != "ok" and "database" in body["msg"]
+        assert body["detail"]["redis"] == "ok" and body["detail"]["database"] != "ok"
+        assert "database" in body["msg"] and set(body) == {"status", "msg", "detail", "code"}
 
 
 async def test_trusted_hosts(client: Client) -> None:

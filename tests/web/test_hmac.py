@@ -51,8 +51,8 @@ async def test_skew_wrong_secret_and_tampering(client: Client, keyed: tuple[str,
     wrong = await call(client, key, secret="not-the-secret")
     assert wrong.status_code == 401 and await error_code(wrong) == "signature_invalid"
     query, headers = sign_query(str(key["access_key"]), str(key["secret_key"]), {"amount": "1"})
+    assert "amount=1" in query
     tampered = await client.get(f"/api/services/?{query.replace('amount=1', 'amount=9')}", headers=headers)
-    assert "amount=9" in query.replace("amount=1", "amount=9")
     assert tampered.status_code == 401 and await error_code(tampered) == "signature_invalid"
     unknown = await call(client, {"access_key": "no-such-key", "secret_key": "x"})
     assert unknown.status_code == 401 and await error_code(unknown) == "signature_invalid"
@@ -71,9 +71,6 @@ async def test_missing_parts(client: Client, keyed: tuple[str, dict[str, object]
         assert r.status_code == 401 and await error_code(r) == "signature_missing", path
     r = await client.get(f"/api/services/?key={key['access_key']}&timestamp=soon", headers=headers)
     assert r.status_code == 401 and await error_code(r) == "timestamp_invalid"
-    # the services prefix is exact: /api/servicesX is a JWT route
-    r = await client.get(f"/api/servicesX?{query}", headers=headers)
-    assert r.status_code in (401, 404)
 
 
 async def test_key_and_owner_status_and_allow_list(client: Client, keyed: tuple[str, dict[str, object]], app: object) -> None:

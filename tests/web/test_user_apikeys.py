@@ -7,12 +7,15 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import ApiError
 from core.settings import Settings
+from storage.models import ChatRoom
 from tests.web.conftest import CHEAP_HASHER, PASSWORD, Client, bearer, error_code, new_key, register
 from web.app import create_app
-from web.services import Services
+from web.services import Services, get_services
 
 
 async def test_me_get_put(client: Client) -> None:
@@ -31,6 +34,12 @@ async def test_me_get_put(client: Client) -> None:
     assert (await too_long.get_json())["detail"][0]["field"] == "name"
     unknown = await client.put("/api/user/me", json={"email": "other@example.com"}, headers=bearer(token))
     assert unknown.status_code == 422  # the email is not a profile field
+    # marketing_agree is NOT NULL: null is the client's mistake (422 naming it), not a conflict
+    null = await client.put("/api/user/me", json={"marketing_agree": None}, headers=bearer(token))
+    assert null.status_code == 422 and await error_code(null) == "validation_error"
+    assert (await null.get_json())["detail"][0]["field"] == "marketing_agree"
+    cleared = await client.put("/api/user/me", json={"name": None}, headers=bearer(token))
+    assert cleared.status_code == 200 and (await cleared.get_json())["name"] is None
 
 
 async def test_delete_me(web_settings: Settings, redis_actor: object) -> None:
@@ -50,14 +59,25 @@ async def test_delete_me(web_settings: Settings, redis_actor: object) -> None:
         token = await register(client, "bye@example.com")
         key = await new_key(client, token)
         me = await (await client.get("/api/user/me", headers=bearer(token))).get_json()
+        sql = get_services(app).storage.sql
+
+        async def add_room(session: AsyncSession) -> None:
+            session.add(ChatRoom(user_id=me["id"], room_key="0", name="r"))
+
+        async def count_rooms(session: AsyncSession) -> int:
+            query = select(func.count()).where(ChatRoom.user_id == me["id"])
+            return int((await session.execute(query)).scalar_one())
+
+        await sql.run(add_room)
+        assert await sql.run(count_rooms) == 1
         r = await client.delete("/api/user/me", headers=bearer(token))
         assert r.status_code == 200 and (await r.get_json()) == {"id": me["id"], "deleted": True}
         assert deleted == [me["id"]]
+        assert await sql.run(count_rooms) == 0  # the rooms' rows went with the account
         again = await client.get("/api/user/me", headers=bearer(token))
         assert again.status_code == 401 and await error_code(again) == "user_deleted"
         # the key stopped working, and the email is free again
         from web.auth_keys import authenticate_access_key
-        from web.services import get_services
 
         services = get_services(app)
         with pytest.raises(ApiError) as info:
@@ -148,7 +168,8 @@ async def test_whitelists(client: Client, web_settings: Settings) -> None:
         body = await r.get_json()
         assert body["ip_addr"] == stored
         ok.append(body["id"])
-    for bad in ["300.1.1.1", "example.com", "10.0.0.0/33", "", "1.2.3.4/abc"]:
+    for bad in ["300.1.1.1", "example.com", "10.0.0.0/33", "", "1.2.3.4/abc", "fe80::1%eth0",
+                "fe80::%eth0/64"]:
         r = await client.post(path, json={"ip_addr": bad}, headers=bearer(token))
         assert r.status_code == 422 and (await r.get_json())["detail"][0]["field"] == "ip_addr", bad
     dup = await client.post(path, json={"ip_addr": "203.0.113.7"}, headers=bearer(token))

@@ -39,6 +39,8 @@ async def test_unknown_key_is_refused_before_upgrade(server: ChatServer) -> None
 
 
 async def test_disabled_key_is_refused(server: ChatServer, user: User) -> None:
+    async with chat_socket(server, user.access_key):
+        pass  # accepted, and its check is now cached: disabling must still take effect at once
     async with httpx.AsyncClient(base_url=server.url) as http:
         r = await http.put(f"/api/user/apikeys/{user.key_id}", json={"status": "disabled"},
                            headers={"Authorization": user.jwt})
@@ -56,7 +58,7 @@ async def test_message_is_streamed_then_stored(server: ChatServer, user: User) -
         deltas = []
         while True:
             frame = await client.frame()
-            assert frame["is_user"] is False and frame["chat_room_id"] == "0"
+            assert frame["is_user"] is False and frame["chat_room_id"] == 0
             if frame["finish"]:
                 assert frame["msg"] == "" and "error" not in frame
                 break
@@ -208,7 +210,7 @@ async def test_rooms_switch_list_and_delete(server: ChatServer, user: User) -> N
         history = await client.init()
         assert history == []
         text, last = await client.answer()
-        assert last["chat_room_id"] == "2" and text == expected("in room two")
+        assert last["chat_room_id"] == 2 and text == expected("in room two")
     auth = {"Authorization": user.jwt}
     async with httpx.AsyncClient(base_url=server.url) as http:
         rooms = (await http.get("/api/user/chatrooms", headers=auth)).json()["chat_rooms"]
