@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 from argon2 import PasswordHasher
@@ -13,6 +14,9 @@ from quart_trio.testing import TrioTestApp
 from core.settings import Settings, load_settings
 from storage.redis_actor import RedisActor
 from web.app import create_app
+
+if TYPE_CHECKING:
+    from tests.chat_server import ChatServer, User
 
 PASSWORD = "correct horse battery staple"
 # Argon2id still, at test cost: the default profile takes ~0.5 s per hash on a loaded 2-core box.
@@ -100,3 +104,10 @@ async def error_code(response: object) -> str:
     assert body["status"] == response.status_code  # type: ignore[attr-defined]
     code: str = body["code"]
     return code
+
+
+@pytest.fixture
+async def user(server: ChatServer) -> User:
+    """A registered user with one API key on the module's ``server`` (a running chat server,
+    see tests/chat_server.py); each test_ws_* module defines ``server`` with its settings."""
+    return await server.new_user()

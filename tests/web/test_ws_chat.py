@@ -26,11 +26,6 @@ async def server(db_settings: Settings, redis_actor: object) -> AsyncIterator[Ch
         yield running
 
 
-@pytest.fixture
-async def user(server: ChatServer) -> User:
-    return await server.new_user()
-
-
 async def test_unknown_key_is_refused_before_upgrade(server: ChatServer) -> None:
     with pytest.raises(ConnectionRejected) as info:
         async with open_websocket_url(f"{server.ws_url}/ws/chatgpt/not-a-key"):

@@ -17,11 +17,6 @@ async def server(db_settings: Settings, redis_actor: object) -> AsyncIterator[Ch
         yield running
 
 
-@pytest.fixture
-async def user(server: ChatServer) -> User:
-    return await server.new_user()
-
-
 async def command(client: ChatClient, text: str) -> dict[str, object]:
     await client.send(text)
     return await client.reply()

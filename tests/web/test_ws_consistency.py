@@ -19,11 +19,6 @@ async def server(db_settings: Settings, redis_actor: object) -> AsyncIterator[Ch
         yield running
 
 
-@pytest.fixture
-async def user(server: ChatServer) -> User:
-    return await server.new_user()
-
-
 async def stored(server: ChatServer, user: User, room: str = "0") -> list[tuple[str, str]]:
     snap = await server.services.chat.registry.snapshot(user.user_id, room)
     return [(m.role, m.content) for m in snap.messages]

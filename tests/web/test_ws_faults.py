@@ -21,11 +21,6 @@ async def server(db_settings: Settings, redis_actor: object) -> AsyncIterator[Ch
         yield running
 
 
-@pytest.fixture
-async def user(server: ChatServer) -> User:
-    return await server.new_user()
-
-
 async def stored(server: ChatServer, user: User) -> list[tuple[str, str, bool]]:
     snap = await server.services.chat.registry.snapshot(user.user_id, "0")
     return [(m.role, m.content, m.partial) for m in snap.messages]
