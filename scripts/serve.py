@@ -8,6 +8,7 @@ Logging is configured first (``web.logging_setup``): JSON access lines on stdout
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -63,7 +64,8 @@ async def _main(settings: Settings) -> None:
                   flush=True)
         config = Config()
         config.bind = [f"{settings.host}:{settings.port}"]
-        config.accesslog = None
+        config.accesslog = None  # our request log replaces it (and never logs access keys)
+        config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
         config.graceful_timeout = 5
         app = create_app(settings)
         print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: /docs)",

@@ -44,6 +44,8 @@ def configure_logging(settings: Settings) -> None:
     # Alembic narrates every plugin and step at INFO: only its warnings, unless debugging.
     level: int = logging.getLevelNamesMapping()[settings.log_level]
     logging.getLogger("alembic").setLevel(max(logging.WARNING, level))
+    # asyncmy logs MariaDB's notes ("database exists" after CREATE ... IF NOT EXISTS) as warnings.
+    logging.getLogger("asyncmy").setLevel(max(logging.ERROR, level))
 
     access = logging.getLogger(ACCESS_LOGGER)
     access.setLevel(logging.INFO)
