@@ -21,6 +21,7 @@ from chat_actors.session import (
     Attach,
     CrashForTest,
     Detach,
+    IdleTick,
     SessionActor,
     SessionKey,
     SessionMsg,
@@ -31,7 +32,7 @@ from chat_actors.session import (
 )
 from chat_actors.session_deps import SessionDeps
 from chat_actors.supervisor import ChildSpec, DynamicSupervisor, Restart
-from core.errors import ActorDead, SupervisorGaveUp
+from core.errors import ActorDead, MailboxFull, SupervisorGaveUp
 
 log = logging.getLogger("chat.registry")
 
@@ -47,6 +48,7 @@ class SessionRegistry:
         # The slot of each session's latest start; gone with its supervisor child.
         self._slots: weakref.WeakValueDictionary[Hashable, SessionSlot] = (
             weakref.WeakValueDictionary())
+        self._sweeper_scope = trio.CancelScope()
         self._sup: DynamicSupervisor[SessionMsg] = DynamicSupervisor(
             max_restarts=3, max_seconds=10.0, on_crash=self._on_crash)
 
@@ -55,10 +57,28 @@ class SessionRegistry:
         """Run the session supervisor; ``nursery.start(registry.run)`` returns when ready."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self._sup.run)
+            nursery.start_soon(self._sweep_idle)
+            self._sweeper_scope = nursery.cancel_scope
             task_status.started(self)
+
+    async def _sweep_idle(self) -> None:
+        """One timer for all sessions (not one task each): nudge the ones that look idle; each
+        session checks for itself and stops (its context stays in Redis)."""
+        idle = self.deps.settings.session_idle_seconds
+        while True:
+            await trio.sleep(max(idle / 4, 0.05))
+            now = trio.current_time()
+            for key, slot in list(self._slots.items()):
+                ref = self._sup.get(key)
+                if ref is not None and slot.looks_idle(now, idle):
+                    try:
+                        ref.cast_nowait(IdleTick())
+                    except (MailboxFull, ActorDead):
+                        pass
 
     async def stop(self) -> None:
         await self._sup.stop()
+        self._sweeper_scope.cancel()
 
     def _on_crash(self, key: Hashable, exc: BaseException) -> None:
         log.error("session %s crashed: %r", key, exc)

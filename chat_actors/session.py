@@ -139,6 +139,12 @@ class SessionSlot:
     generation: Generation | None = None
     generations_started: int = 0  # ids stay unique across incarnations (the mailbox does too)
     incarnations: int = 0
+    last_activity: float = 0.0  # a socket attached, left or spoke (the idle sweeper reads it)
+
+    def looks_idle(self, now: float, idle_seconds: float) -> bool:
+        """Worth an ``IdleTick``: the session itself makes the final decision."""
+        return (now - self.last_activity >= idle_seconds and self.generation is None
+                and not self.pending and all(o.closed for o in self.outboxes.values()))
 
 
 HUMAN_ERRORS = {
@@ -164,7 +170,6 @@ class SessionActor(Actor[SessionMsg]):
         self.messages: list[StoredMessage] = []
         self.next_id = 0
         self.pending = slot.pending
-        self._last_activity = 0.0
 
     @property
     def generation(self) -> Generation | None:
@@ -186,7 +191,6 @@ class SessionActor(Actor[SessionMsg]):
         self._touch()
         if self.slot.incarnations > 1:
             await self._recover()
-        self.nursery.start_soon(self._idle_watch)
 
     async def _recover(self) -> None:
         """After a crash: keep the interrupted answer's text, tell the sockets, go on."""
@@ -521,26 +525,16 @@ class SessionActor(Actor[SessionMsg]):
 
     # ------------------------------------------------------------ idleness
     def _touch(self) -> None:
-        self._last_activity = trio.current_time()
+        self.slot.last_activity = trio.current_time()
 
     def _idle_for(self) -> float:
-        return trio.current_time() - self._last_activity
+        return trio.current_time() - self.slot.last_activity
 
     def _is_idle(self) -> bool:
         for outbox in self._outboxes():
             if outbox.closed:  # its socket left without a Detach reaching us
                 self._drop(outbox)
         return not self.slot.outboxes and self.generation is None and not self.pending
-
-    async def _idle_watch(self) -> None:
-        idle = self.settings.session_idle_seconds
-        while True:
-            await trio.sleep(max(idle - self._idle_for(), 0.0) + 0.01)
-            if self._idle_for() < idle:
-                continue  # touched meanwhile: sleep until the new deadline
-            if self._is_idle():
-                await self.ref.cast(IdleTick())
-            await trio.sleep(idle)  # busy (sockets, an answer) or just told: look again later
 
 
 __all__ = [
