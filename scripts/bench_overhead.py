@@ -53,12 +53,8 @@ async def direct_session(mock_url: str, i: int, messages: int, think: float, pla
                     delta = json.loads(event.data)["choices"][0]["delta"].get("content")
                     if not delta:
                         continue
-                    if msg.ttft is None:
-                        msg.ttft = now - sent
-                    else:
-                        msg.gaps.append(now - last)
+                    msg.delta_at(now, sent, last)
                     last = now
-                    msg.deltas += 1
                     parts.append(delta)
             msg.mismatch = compare("".join(parts), plan.expected(text))
 

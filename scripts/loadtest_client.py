@@ -157,12 +157,8 @@ async def read_answer(ws: WebSocketConnection, msg: MessageResult, rec: Recorder
         if frame.get("finish"):
             msg.total = now - sent
             return "".join(parts)
-        if msg.ttft is None:
-            msg.ttft = now - sent
-        else:
-            msg.gaps.append(now - last)
+        msg.delta_at(now, sent, last)
         last = now
-        msg.deltas += 1
         rec.record_delta(now - rec.started)
         parts.append(frame.get("msg", ""))
 

@@ -67,6 +67,14 @@ class MessageResult:
     error: str | None = None  # error.code, or "closed" / "timeout" / "cancelled"
     mismatch: str | None = None  # None = verified equal (or not verified); see verify
 
+    def delta_at(self, now: float, sent: float, last: float) -> None:
+        """A delta arrived at ``now``: the first one sets TTFT, later ones add a gap."""
+        if self.ttft is None:
+            self.ttft = now - sent
+        else:
+            self.gaps.append(now - last)
+        self.deltas += 1
+
 
 @dataclass
 class Recorder:

@@ -66,6 +66,9 @@ async def _main(settings: Settings) -> None:
         config.bind = [f"{settings.host}:{settings.port}"]
         config.accesslog = None  # our request log replaces it (and never logs access keys)
         config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
+        # Frames up to MAX_FRAME_BYTES get a clear too_long error from the chat edge; far
+        # larger ones are not even buffered: Hypercorn closes the socket (1009).
+        config.websocket_max_message_size = max(settings.max_frame_bytes * 16, 1 << 20)
         config.graceful_timeout = 5
         app = create_app(settings)
         print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: /docs)",
