@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from chat_actors import commands, frames
-from chat_actors.commands import Role, Sampling, SessionInfo
+from chat_actors.command_registry import Role, Sampling, SessionInfo
 from core.errors import CommandError
 
 if TYPE_CHECKING:

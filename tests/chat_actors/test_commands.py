@@ -11,8 +11,7 @@ from typing import Annotated
 import pytest
 
 from chat_actors import commands
-from chat_actors.commands import (
-    REGISTRY,
+from chat_actors.command_registry import (
     CommandContext,
     Number,
     Registry,
@@ -22,10 +21,8 @@ from chat_actors.commands import (
     Sampling,
     SessionInfo,
     Word,
-    execute,
-    is_immediate,
-    parse,
 )
+from chat_actors.commands import REGISTRY, execute, is_immediate, parse
 from core.errors import BadArgument, ChatServerError, CommandError, UnknownCommand
 
 
