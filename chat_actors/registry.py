@@ -82,12 +82,12 @@ class SessionRegistry:
 
     def _on_crash(self, key: Hashable, exc: BaseException) -> None:
         log.error("session %s crashed: %r", key, exc)
-        slot = self._slots.get(key)
+        slot = self._slots.get(key)  # keys are SessionKeys: this registry starts every child
         if isinstance(exc, SupervisorGaveUp) and slot is not None:
             # Restarting did not help: tell the sockets and close them; their clients
             # reconnect to a fresh session, the stored history is still there.
             frame = frames.error_frame(
-                key.room if isinstance(key, SessionKey) else "0", "session_failed",
+                slot.key.room, "session_failed",
                 "The chat session kept failing and was stopped; reconnect to continue.",
                 close=True)
             for outbox in list(slot.outboxes.values()):

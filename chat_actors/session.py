@@ -441,8 +441,8 @@ class SessionActor(Actor[SessionMsg]):
         if not applied:
             log.error("session %s/%s stored context differed from the session's: rewritten",
                       self.key.user_id, self.key.room)
-            await self.deps.store.rewrite(self.key.user_id, self.key.room, self.profile, after,
-                                          self.next_id)
+            await self.deps.store.rewrite(self.key.user_id, self.key.room, after, self.next_id,
+                                          profile=self.profile)
         self.messages = after
 
     async def remove_messages(self, doomed: Sequence[StoredMessage]) -> None:
@@ -462,8 +462,8 @@ class SessionActor(Actor[SessionMsg]):
 
     async def clear(self, *, reset_profile: bool = False) -> None:
         profile = Profile(model=self.settings.default_model) if reset_profile else None
-        await self.deps.store.clear(self.key.user_id, self.key.room, keep=[],
-                                    next_id=self.next_id, profile=profile)
+        await self.deps.store.rewrite(self.key.user_id, self.key.room, [], self.next_id,
+                                      profile=profile)
         self.messages = []
         if profile is not None:
             self.profile = profile

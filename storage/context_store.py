@@ -148,27 +148,8 @@ class ContextStore:
             repairs.append("meta missing next to stored messages")
         next_id = max([int(meta.get("next_id", 0)) if meta else 0, *(m.id for m in messages)])
         if repairs:
-            await self._rewrite(user_id, room, profile, messages, next_id)
+            await self.rewrite(user_id, room, messages, next_id, profile=profile)
         return LoadedContext(profile=profile, messages=messages, next_id=next_id, repairs=repairs)
-
-    async def _rewrite(
-        self,
-        user_id: int,
-        room: str,
-        profile: Profile,
-        messages: list[StoredMessage],
-        next_id: int,
-    ) -> None:
-        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
-        commands: list[list[Any]] = [["DEL", messages_key]]
-        if messages:
-            commands.append(["RPUSH", messages_key, *(m.to_json() for m in messages)])
-        commands += [
-            ["HSET", profile_key, *_flatten(profile.to_mapping())],
-            ["HSET", meta_key, "next_id", next_id, "count", len(messages)],
-            *self._expire_all(keys),
-        ]
-        await self._redis.transaction(commands)
 
     async def change(
         self,
@@ -192,31 +173,27 @@ class ContextStore:
                            *(m.to_json() for m in remove), *(m.to_json() for m in append)]
         return bool(await self._redis.eval(_CHECKED_CHANGE, keys, args))
 
-    async def rewrite(self, user_id: int, room: str, profile: Profile,
-                      messages: Sequence[StoredMessage], next_id: int) -> None:
-        """Replace the whole stored context with this one, in one transaction."""
-        await self._rewrite(user_id, room, profile, list(messages), next_id)
-
     async def save_profile(self, user_id: int, room: str, profile: Profile) -> None:
         profile_key, _messages_key, _meta_key = keys = self._keys(user_id, room)
         await self._redis.transaction(
             [["HSET", profile_key, *_flatten(profile.to_mapping())], *self._expire_all(keys)]
         )
 
-    async def clear(
-        self, user_id: int, room: str, *, keep: Sequence[StoredMessage], next_id: int,
+    async def rewrite(
+        self, user_id: int, room: str, messages: Sequence[StoredMessage], next_id: int, *,
         profile: Profile | None = None,
     ) -> None:
-        """Replace the history with ``keep`` (e.g. the system messages), and the profile when
-        given (``/reset``), in one transaction."""
+        """Replace the stored history with ``messages`` (and the profile, when given) in one
+        transaction: repairs, ``/clear`` (``messages=[]``), ``/reset`` (with the default
+        profile), and a session rewriting a context that changed under it."""
         profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
         commands: list[list[Any]] = [["DEL", messages_key]]
         if profile is not None:
             commands += [["DEL", profile_key], ["HSET", profile_key, *_flatten(profile.to_mapping())]]
-        if keep:
-            commands.append(["RPUSH", messages_key, *(m.to_json() for m in keep)])
+        if messages:
+            commands.append(["RPUSH", messages_key, *(m.to_json() for m in messages)])
         commands += [
-            ["HSET", meta_key, "next_id", next_id, "count", len(keep)],
+            ["HSET", meta_key, "next_id", next_id, "count", len(messages)],
             ["HSETNX", profile_key, "model", self._default_model],
             *self._expire_all(keys),
         ]

@@ -143,7 +143,7 @@ async def test_stopping_a_session_keeps_the_answer_in_progress(chat: Chat) -> No
     assert snap.messages[1].content
 
 
-async def test_idle_watch_does_not_spin_while_busy(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_idle_sweeper_leaves_busy_sessions_alone(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
     from chat_actors.session import SessionActor
 
     calls = 0
@@ -157,7 +157,7 @@ async def test_idle_watch_does_not_spin_while_busy(chat: Chat, monkeypatch: pyte
     monkeypatch.setattr(SessionActor, "_idle_for", counting)
     await chat.registry.attach(8, "0", Outbox())  # attached: never idle (idle time is 0.5 s)
     await trio.sleep(2.0)
-    assert calls < 30, f"the idle watcher woke {calls} times in 2 s"
+    assert calls < 30, f"the session was asked about idleness {calls} times in 2 s"
 
 
 async def test_a_closed_outbox_does_not_keep_a_session_alive(chat: Chat) -> None:

@@ -89,7 +89,7 @@ async def test_clear_keeps_what_it_is_told(redis_actor: RedisActor) -> None:
     store = store_for(redis_actor)
     await store.change(USER, ROOM, append=[msg(1, "system"), msg(2), msg(3, "assistant")],
                        next_id=3, count=3)
-    await store.clear(USER, ROOM, keep=[msg(1, "system")], next_id=3)
+    await store.rewrite(USER, ROOM, [msg(1, "system")], 3)
     loaded = await store.load(USER, ROOM)
     assert [m.role for m in loaded.messages] == ["system"] and loaded.next_id == 3
 

@@ -9,30 +9,23 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 
 from scripts.hmac_sign import sign_query
-from tests.web.conftest_page import REDIS_URL, ROOT, delete_redis_prefix, free_port, fresh_database
+from tests.web.conftest_page import (
+    REDIS_URL,
+    ROOT,
+    Proc,
+    delete_redis_prefix,
+    free_port,
+    fresh_database,
+    wait_http,
+)
 
 PASSWORD = "log-test password 7f3a9c"
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, err: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}:\n{err.read_text()}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server not ready:\n{err.read_text()}")
 
 
 def test_server_process_writes_one_json_line_per_request_without_secrets(tmp_path: Path) -> None:
@@ -57,11 +50,13 @@ def test_server_process_writes_one_json_line_per_request_without_secrets(tmp_pat
         }
         argv = [sys.executable, "-m", "hypercorn", "--worker-class", "trio",
                 "--bind", f"127.0.0.1:{port}", "web.asgi:app"]
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
+        # stdout apart from stderr: stdout must hold the JSON lines and nothing else.
+        out, err = out_path.open("wb"), err_path.open("wb")
+        proc = Proc("server", subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err),
+                    err_path, err)
         try:
             base = f"http://127.0.0.1:{port}"
-            _wait_ready(proc, f"{base}/health", err_path)
+            wait_http(proc, f"{base}/health")
             with httpx.Client(base_url=base) as http:
                 r = http.post("/api/auth/register/email",
                               json={"email": "log@example.com", "password": PASSWORD})
@@ -76,8 +71,8 @@ def test_server_process_writes_one_json_line_per_request_without_secrets(tmp_pat
                 http.get(ws_path)  # a plain GET: whatever it answers, it is logged
                 assert http.get("/api/user/me").status_code == 401
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+            proc.stop()
+            out.close()
             delete_redis_prefix(prefix)
 
     stdout = out_path.read_text()
