@@ -12,6 +12,8 @@ closed at once and the upstream sees the connection close.
 - Pool: one-connection ``httpx.AsyncClient``s checked out per request (``upstream_pool``
   explains why this beats N shared clients); up to ``128 * upstream_clients`` idle clients
   (1,024 by default) keep their keep-alive connection warm.
+- Pacing: a token arriving alone is held ``delta_interval`` (30 ms) so that the tokens behind it
+  are read in one go and leave as one frame (``_ReadPacer``); the first delta is never delayed.
 - Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
   (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; the time
   spent inside ``send_delta`` does not count) → ``UpstreamTimeout``.
@@ -29,7 +31,6 @@ closed at once and the upstream sees the connection close.
 
 from __future__ import annotations
 
-import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,6 +42,7 @@ import httpx_sse
 import trio
 
 from chat_actors.upstream_pool import ClientPool
+from chat_actors.upstream_sse import aiter_sse_batches
 from chat_actors.upstream_types import (
     ChatRequest,
     FinishInfo,
@@ -54,7 +56,8 @@ from core.settings import Settings
 __all__ = ["ChatRequest", "FinishInfo", "SendDelta", "UpstreamClient", "open_upstream"]
 
 SendDelta = Callable[[str], Awaitable[None]]
-_SSE_HEADERS = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+_SSE_HEADERS = {"Accept": "text/event-stream", "Accept-Encoding": "identity",
+                "Cache-Control": "no-store"}
 _DONE_GRACE = 1.0  # after [DONE], how long the end of the body may take (keeps keep-alive)
 
 
@@ -85,6 +88,7 @@ class UpstreamClient:
         self._retries = settings.upstream_retries
         self._backoff_base = settings.upstream_backoff_base
         self._max_continuations = settings.upstream_max_continuations
+        self._interval = settings.delta_interval
         if retry_after_cap is None:
             retry_after_cap = float(getattr(settings, "upstream_retry_after_cap", 8.0))
         self._retry_after_cap = retry_after_cap
@@ -170,22 +174,32 @@ class UpstreamClient:
                                          headers=_SSE_HEADERS) as response:
                     if response.status_code != 200:
                         raise await self._status_failure(response)
-                    events = httpx_sse.EventSource(response).aiter_sse()
-                    async with aclosing(events):
-                        async for event in events:
+                    batches = aiter_sse_batches(response)
+                    pacer = _ReadPacer(self._interval, first=len(parts) == 0)
+                    held = ""  # a lone token held back until the tokens behind it are read
+                    async with aclosing(batches):
+                        async for batch in batches:
                             if done:
-                                continue
-                            if event.data == "[DONE]":
-                                done = True
-                                scope.deadline = trio.current_time() + min(self._gap, _DONE_GRACE)
-                                continue
-                            chunk = parse_chunk(event.data)
-                            if chunk.delta:
-                                parts.append(chunk.delta)
-                                scope.deadline = math.inf
-                                await send_delta(chunk.delta)
-                            finish = chunk.finish_reason or finish
-                            scope.deadline = trio.current_time() + self._gap
+                                continue  # read the body to its end: the connection is reused
+                            text, finish, done, error = _read_batch(batch, finish)
+                            text, held = held + text, ""
+                            if text and not done and error is None and pacer.holds():
+                                await pacer.sleep(scope, self._gap)
+                                if _readable(response):
+                                    held = text  # goes out with the tokens that came meanwhile
+                                    continue
+                            if text:
+                                parts.append(text)
+                                await send_delta(text)
+                                await pacer.delivered(scope, self._gap)
+                            if error is not None:
+                                raise error
+                            wait = min(self._gap, _DONE_GRACE) if done else self._gap
+                            _extend(scope, wait, exact=done)
+                            pacer.reading()
+                    if held:  # the body ended right behind it
+                        parts.append(held)
+                        await send_delta(held)
             except httpx.ConnectTimeout as exc:
                 raise _Failed(UpstreamTimeout(f"connect to the upstream timed out: {exc}"),
                               True) from exc
@@ -217,6 +231,78 @@ class UpstreamClient:
                            retry_after)
         error = UpstreamError(f"upstream answered {status}: {body}")
         return _Failed(error, status >= 500, retry_after if status >= 500 else None)
+
+
+def _extend(scope: trio.CancelScope, wait: float, *, exact: bool = False) -> None:
+    """Move ``scope``'s deadline to ``wait`` from now, unless it is less than an eighth stale:
+    moving a deadline costs more than reading an event, and a gap timeout need not be exact."""
+    deadline = trio.current_time() + wait
+    if exact or deadline - scope.deadline > wait / 8:
+        scope.deadline = deadline
+
+
+class _ReadPacer:
+    """Reads the upstream about once per ``interval`` while an answer streams quickly.
+
+    A token whose read had to wait for the network (it arrived alone) is held ``interval``;
+    the tokens arriving meanwhile wait in the kernel and are read in one go with it, with no
+    schedule point between their deliveries, so the socket's outbox sends them as one frame.
+    The first delta of an answer is never held (after it the pacer sleeps once). Whether a read
+    waited is judged by the clock: parsing a buffered event takes microseconds. A wrong guess
+    costs at most one interval of delay, never text.
+    """
+
+    _WAITED = 0.002  # seconds: far longer than parsing a buffered event takes (~50 µs)
+
+    def __init__(self, interval: float, *, first: bool) -> None:
+        self._interval = interval
+        self._first = first
+        self._woke = True
+        self._since = trio.current_time()
+
+    def reading(self) -> None:
+        """About to read the next event."""
+        self._since = trio.current_time()
+
+    def holds(self) -> bool:
+        """Whether to hold the text just read (then call ``sleep``)."""
+        waited = not self._woke and trio.current_time() - self._since > self._WAITED
+        self._woke = False
+        return waited and bool(self._interval) and not self._first
+
+    async def delivered(self, scope: trio.CancelScope, gap: float) -> None:
+        if self._first and self._interval:
+            await self.sleep(scope, gap)
+        self._first = False
+
+    async def sleep(self, scope: trio.CancelScope, gap: float) -> None:
+        _extend(scope, self._interval + gap)
+        await trio.sleep(self._interval)
+        self._woke = True
+
+
+def _readable(response: httpx.Response) -> bool:
+    """Whether the kernel holds more of the body (httpcore's ``network_stream`` extension)."""
+    stream = response.extensions.get("network_stream")
+    return bool(stream is not None and stream.get_extra_info("is_readable"))
+
+
+def _read_batch(
+    batch: list[httpx_sse.ServerSentEvent], finish: str | None
+) -> tuple[str, str | None, bool, UpstreamError | None]:
+    """The events of one read as (their text, finish_reason so far, [DONE] seen, the error a
+    malformed event raised): the text before a bad event is still delivered."""
+    text: list[str] = []
+    for event in batch:
+        if event.data == "[DONE]":
+            return "".join(text), finish, True, None
+        try:
+            chunk = parse_chunk(event.data)
+        except UpstreamError as exc:
+            return "".join(text), finish, False, exc
+        text.append(chunk.delta)
+        finish = chunk.finish_reason or finish
+    return "".join(text), finish, False, None
 
 
 def _make_client(settings: Settings, ssl_context: ssl.SSLContext) -> httpx.AsyncClient:

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     upstream_backoff_base: float = Field(0.5, ge=0)
     upstream_max_continuations: int = Field(2, ge=0)
     upstream_retry_after_cap: float = Field(8.0, ge=0)
+    delta_interval: float = Field(
+        0.03, ge=0, le=1,
+        description="after a delta, wait this long (s) before reading the upstream again and "
+                    "send what arrived as one delta; 0 reads as soon as anything arrives")
 
     # Sessions
     session_idle_seconds: float = Field(300.0, gt=0)

@@ -31,7 +31,8 @@ async def bench(args: argparse.Namespace) -> int:
         warm = LoadConfig(url=stack.url, sessions=20, messages=2, think=0.1)
         await loadtest(warm, MessagePlan(run_id="warm"), users, duration=60)
         cfg = LoadConfig(url=stack.url, sessions=args.sessions, messages=args.messages,
-                         think=args.think, ramp_up=args.ramp_up, answer_timeout=120)
+                         think=args.think, ramp_up=args.ramp_up, steady=args.steady,
+                         answer_timeout=args.answer_timeout)
         cpu0, t0 = cpu_seconds(stack.server_pid), time.monotonic()
         result = await loadtest(cfg, MessagePlan(run_id=secrets.token_hex(3)), users,
                                 duration=args.duration, progress=True)
@@ -44,7 +45,8 @@ async def bench(args: argparse.Namespace) -> int:
     if args.plot:
         plot_timeline(result.timeline, args.plot,
                       title=f"{args.sessions} sessions x {args.messages} messages, think "
-                      f"{args.think:g} s, ramp-up {args.ramp_up:g} s (2 cores, shared)")
+                      f"{args.think:g} s, ramp-up {args.ramp_up:g} s{' steady' if args.steady else ''} "
+                      "(2 cores, shared)")
     return result.summary.failures
 
 
@@ -55,6 +57,9 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=5)
     p.add_argument("--think", type=float, default=1.0)
     p.add_argument("--ramp-up", type=float, default=10.0)
+    p.add_argument("--steady", action="store_true", help="all sessions connect first, then "
+                   "chat (see scripts/loadtest.py --steady): all of them open at once")
+    p.add_argument("--answer-timeout", type=float, default=120.0)
     p.add_argument("--users", type=int, default=50)
     p.add_argument("--duration", type=float, default=600.0)
     p.add_argument("--plot", type=Path)

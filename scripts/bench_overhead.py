@@ -24,14 +24,18 @@ from httpx_sse import aconnect_sse
 
 from scripts.bench_common import bench_stack, cpu_seconds, print_dist, py_spy, top_frames
 from scripts.loadtest import loadtest
-from scripts.loadtest_client import LoadConfig, provision_users
+from scripts.loadtest_client import LoadConfig, first_message_delay, provision_users
 from scripts.loadtest_stats import Distribution, MessageResult, Recorder, summarize
 from scripts.loadtest_verify import MessagePlan, compare
 
 
-async def direct_session(mock_url: str, i: int, messages: int, think: float, plan: MessagePlan,
+async def direct_session(mock_url: str, i: int, cfg: LoadConfig, plan: MessagePlan,
                          rec: Recorder) -> None:
-    async with httpx.AsyncClient(base_url=mock_url, timeout=60) as http:
+    messages, think = cfg.messages, cfg.think
+    # One SSL context for all: building one per client costs ~0.1 s of the generator's CPU.
+    async with httpx.AsyncClient(base_url=mock_url, timeout=60, verify=_SSL) as http:
+        if cfg.steady:
+            await trio.sleep_until(rec.started + cfg.ramp_up + first_message_delay(i, cfg))
         for k in range(messages):
             if k and think:
                 await trio.sleep(think)
@@ -59,14 +63,17 @@ async def direct_session(mock_url: str, i: int, messages: int, think: float, pla
             msg.mismatch = compare("".join(parts), plan.expected(text))
 
 
-async def direct_phase(mock_url: str, sessions: int, messages: int, think: float,
-                       ramp_up: float, plan: MessagePlan) -> tuple[Recorder, float]:
+_SSL = httpx.create_ssl_context()
+
+
+async def direct_phase(mock_url: str, cfg: LoadConfig, plan: MessagePlan
+                       ) -> tuple[Recorder, float]:
     rec = Recorder()
     rec.started = trio.current_time()
     async with trio.open_nursery() as nursery:
-        for i in range(sessions):
-            await trio.sleep_until(rec.started + ramp_up * i / sessions)
-            nursery.start_soon(direct_session, mock_url, i, messages, think, plan, rec)
+        for i in range(cfg.sessions):
+            await trio.sleep_until(rec.started + cfg.ramp_up * i / cfg.sessions)
+            nursery.start_soon(direct_session, mock_url, i, cfg, plan, rec)
     return rec, trio.current_time() - rec.started
 
 
@@ -77,15 +84,14 @@ async def bench(args: argparse.Namespace) -> None:
         await loadtest(warm, MessagePlan(run_id="warm"), users, duration=60)  # warm the server
 
         plan = MessagePlan(run_id=secrets.token_hex(3))  # the same texts in both phases
+        cfg = LoadConfig(url=stack.url, sessions=args.sessions, messages=args.messages,
+                         think=args.think, ramp_up=args.ramp_up, steady=args.steady)
         print(f"direct to the mock: {args.sessions} concurrent streams x {args.messages}")
-        direct, elapsed = await direct_phase(stack.mock_url, args.sessions, args.messages,
-                                             args.think, args.ramp_up, plan)
+        direct, elapsed = await direct_phase(stack.mock_url, cfg, plan)
         d = summarize(direct, sessions=args.sessions,
                       messages_planned=args.sessions * args.messages, duration=elapsed)
 
         print(f"through the server: {args.sessions} WebSocket sessions x {args.messages}")
-        cfg = LoadConfig(url=stack.url, sessions=args.sessions, messages=args.messages,
-                         think=args.think, ramp_up=args.ramp_up)
         cpu0, t0 = cpu_seconds(stack.server_pid), time.monotonic()
         with py_spy(stack.server_pid, args.py_spy):
             result = await loadtest(cfg, plan, users, duration=600)
@@ -99,6 +105,14 @@ async def bench(args: argparse.Namespace) -> None:
         print_dist("total (ms)", summary.total_ms)
     print(f"server CPU during its phase: {cpu:.0%} of one core; frames/answer p50 "
           f"{s.frames_per_answer.p50:.0f} (64 without coalescing)")
+
+    for name, rec in (("direct", direct), ("server", result.recorder)):
+        first = Distribution.of([m.ttft * 1000 for m in rec.messages
+                                 if m.index == 0 and m.ttft is not None])
+        later = Distribution.of([m.ttft * 1000 for m in rec.messages
+                                 if m.index > 0 and m.ttft is not None])
+        print(f"{name} first delta, first message of a session: p50 {first.p50:.1f} p99 "
+              f"{first.p99:.1f} ms; later messages: p50 {later.p50:.1f} p99 {later.p99:.1f} ms")
 
     def added(a: Distribution, b: Distribution) -> str:
         return f"p50 {b.p50 - a.p50:+.1f} ms   p99 {b.p99 - a.p99:+.1f} ms"
@@ -120,6 +134,9 @@ def main() -> None:
                    "collapsed-stack file and print its busiest functions")
     p.add_argument("--messages", type=int, default=5)
     p.add_argument("--think", type=float, default=5.0)
+    p.add_argument("--steady", action="store_true", help="open every session during the "
+                   "ramp-up, then chat, each session starting at a random point of one think "
+                   "time (the steady state, without the connection storm)")
     p.add_argument("--ramp-up", type=float, default=5.0, help="seconds to start all sessions "
                    "(the same in both phases)")
     trio.run(bench, p.parse_args())

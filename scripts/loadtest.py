@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions", type=int, default=10, help="concurrent WebSocket sessions")
     p.add_argument("--messages", type=int, default=5, help="messages per session")
     p.add_argument("--ramp-up", type=float, default=0.0, help="seconds to start all sessions")
+    p.add_argument("--steady", action="store_true", help="connect every session during the "
+                   "ramp-up, then start chatting, each session at a random point of one think "
+                   "time: the steady state of N open sessions, without the connection storm")
     p.add_argument("--think", type=float, default=0.5,
                    help="seconds between an answer and the next message (default 0.5)")
     p.add_argument("--users", type=int, default=None,
@@ -138,8 +141,8 @@ async def _main(args: argparse.Namespace) -> LoadResult:
         if args.save_users:
             save_users(args.save_users, users)
     cfg = LoadConfig(url=args.url, sessions=args.sessions, messages=args.messages,
-                     ramp_up=args.ramp_up, think=args.think, answer_timeout=args.answer_timeout,
-                     verify=not args.no_verify)
+                     ramp_up=args.ramp_up, steady=args.steady, think=args.think,
+                     answer_timeout=args.answer_timeout, verify=not args.no_verify)
     plan = MessagePlan(run_id=secrets.token_hex(3), tokens=args.tokens, delay_ms=args.delay_ms,
                        default_tokens=args.mock_tokens)
     return await loadtest(cfg, plan, users, duration=args.duration, progress=not args.quiet)

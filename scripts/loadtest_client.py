@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -98,6 +99,9 @@ class LoadConfig:
     sessions: int
     messages: int  # per session
     ramp_up: float = 0.0  # seconds over which the sessions start, evenly
+    # Steady state: every session connects during the ramp-up; the first messages start after
+    # it, each at a random point of one think time (no connection storm in the message numbers).
+    steady: bool = False
     think: float = 0.0  # seconds between an answer's end and the next message
     answer_timeout: float = 60.0
     connect_timeout: float = 30.0
@@ -163,6 +167,12 @@ async def read_answer(ws: WebSocketConnection, msg: MessageResult, rec: Recorder
         parts.append(frame.get("msg", ""))
 
 
+def first_message_delay(i: int, cfg: LoadConfig) -> float:
+    """Steady state: session ``i`` starts chatting this long after the ramp-up (the same for a
+    given ``i``, so direct and server runs of a benchmark match)."""
+    return random.Random(i).uniform(0.0, cfg.think)
+
+
 async def run_session(i: int, user: Credentials, cfg: LoadConfig, plan: MessagePlan,
                       rec: Recorder) -> None:
     room = f"{cfg.room_prefix}-{plan.run_id}-{i}"
@@ -170,8 +180,10 @@ async def run_session(i: int, user: Credentials, cfg: LoadConfig, plan: MessageP
     current: MessageResult | None = None
     try:
         async with open_session(url, rec, connect_timeout=cfg.connect_timeout) as ws:
-            rec.sessions_open += 1
+            rec.session_opened()
             try:
+                if cfg.steady:
+                    await trio.sleep_until(rec.started + cfg.ramp_up + first_message_delay(i, cfg))
                 for k in range(cfg.messages):
                     if k and cfg.think > 0:
                         await trio.sleep(cfg.think)

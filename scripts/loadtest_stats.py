@@ -88,10 +88,15 @@ class Recorder:
     unexpected_closes: int = 0
     delta_times: list[float] = field(default_factory=list)  # arrival of every delta
     sessions_open: int = 0
+    peak_open: int = 0  # most sessions open at the same time
     sessions_done: int = 0
     answers_done: int = 0  # for the progress bar
     failures: int = 0  # for the progress bar
     verified: bool = True
+
+    def session_opened(self) -> None:
+        self.sessions_open += 1
+        self.peak_open = max(self.peak_open, self.sessions_open)
 
     def record_delta(self, at: float) -> None:
         self.delta_times.append(at)
@@ -119,6 +124,7 @@ class Summary:
     mismatches: dict[str, int]
     verified: bool
     message_errors: int = 0  # messages that ended with an error (part of ``errors``)
+    peak_open: int = 0  # most sessions open at the same time
 
     @property
     def unanswered(self) -> int:
@@ -180,6 +186,7 @@ def summarize(rec: Recorder, *, sessions: int, messages_planned: int, duration: 
         mismatches=dict(sorted(Counter(m.mismatch for m in msgs if m.mismatch).items())),
         verified=rec.verified,
         message_errors=sum(1 for m in msgs if m.error is not None and m.error != "cancelled"),
+        peak_open=rec.peak_open,
     )
 
 
@@ -249,7 +256,8 @@ def format_table(s: Summary) -> str:
             f"{_fmt(v, digits):>11}" for v in (d.p50, d.p95, d.p99, d.max)))
     lines.append("")
     lines.append(
-        f"sessions {s.sessions:,}   messages {s.answers_complete:,} answered / "
+        f"sessions {s.sessions:,} (at most {s.peak_open:,} open at once)   "
+        f"messages {s.answers_complete:,} answered / "
         f"{s.messages_sent:,} sent / {s.messages_planned:,} planned   in {s.duration:.1f} s")
     lines.append(
         f"throughput {_fmt(s.messages_per_s, 1)} messages/s, {_fmt(s.deltas_per_s, 0)} deltas/s, "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 
 import httpx
@@ -30,7 +31,7 @@ def make_settings(base_url: str, **overrides: object) -> Settings:
         "openai_base_url": base_url, "openai_api_key": "sk-test", "upstream_clients": 4,
         "upstream_connect_timeout": 2.0, "upstream_first_byte_timeout": 0.5,
         "upstream_chunk_gap_timeout": 0.3, "upstream_retries": 3, "upstream_backoff_base": 0.01,
-        "upstream_max_continuations": 2,
+        "upstream_max_continuations": 2, "delta_interval": 0.0,  # unpaced reads
     }
     values.update(overrides)
     return load_settings(**values)
@@ -84,16 +85,73 @@ async def run_failing(
     return deltas, info
 
 
+def assert_whole_chunks(deltas: list[str], chunks: Sequence[str]) -> None:
+    """Each delta is one or more of the upstream's chunks, in order, nothing else: what one
+    network read brought goes on as one delta."""
+    rest = list(chunks)
+    for delta in deltas:
+        taken = ""
+        while rest and len(taken) < len(delta):
+            taken += rest.pop(0)
+        assert delta == taken
+    assert rest == []
+
+
 async def test_streams_the_exact_answer(upstream: UpstreamClient, base: str) -> None:
     request = ask("hello", user="opaque-7", temperature=0.5, max_tokens=100)
     deltas, info = await run(upstream, request)
-    assert deltas == list(expected_chunks(request.messages, TOKENS))
+    assert_whole_chunks(deltas, expected_chunks(request.messages, TOKENS))
     assert info == FinishInfo(expected_answer(request.messages, TOKENS), "stop", 0, 0)
     assert upstream.in_flight == 0 and upstream.requests_in_flight == 0
     recorded = (await mock_get(base, "/mock/requests?n=1"))["requests"]
     body = recorded[0]["body"]  # type: ignore[index]
     assert body["user"] == "opaque-7" and body["stream"] is True and body["temperature"] == 0.5
     assert recorded[0]["has_auth"] is True  # type: ignore[index]
+
+
+async def test_paced_reads_hold_a_lone_token_but_never_the_first(base: str) -> None:
+    # 16 tokens 10 ms apart, reads paced at 0.4 s: the first token goes on at once; the rest
+    # arrives in the kernel meanwhile and is read and delivered in one go 0.4 s later.
+    async with serve_paced(base, tokens=16, delay_ms=10) as (upstream, deltas, times):
+        request = ask("pace me", model="mock-gpt")
+        start = trio.current_time()
+        info = await upstream.stream(request, deltas_at(deltas, times))
+    assert_whole_chunks(deltas, expected_chunks(request.messages, 16))
+    assert info.text == "".join(deltas)
+    assert times[0] - start < 0.3
+    later = times[1:]
+    assert later and min(later) - times[0] >= 0.39
+    # read in one go (a pause of the process mid-read may split it: that only delays)
+    assert sum(t - min(later) < 0.1 for t in later) >= len(later) / 2
+
+
+async def test_paced_read_delivers_the_text_before_a_malformed_event(base: str) -> None:
+    async with serve_paced(base, tokens=16, delay_ms=1) as (upstream, deltas, times):
+        request = ask("garbage [mock fault=malformed]")
+        with pytest.raises(UpstreamError, match="malformed"):
+            await upstream.stream(request, deltas_at(deltas, times))
+    assert "".join(deltas) == "".join(expected_chunks(request.messages)[:3])
+
+
+@asynccontextmanager
+async def serve_paced(
+    base: str, *, tokens: int, delay_ms: int
+) -> AsyncIterator[tuple[UpstreamClient, list[str], list[float]]]:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=tokens,
+                                           delay_ms=delay_ms, require_key="sk-test"))
+        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=0.4)
+        async with open_upstream(settings) as upstream:
+            yield upstream, [], []
+        nursery.cancel_scope.cancel()
+
+
+def deltas_at(deltas: list[str], times: list[float]) -> Callable[[str], Awaitable[None]]:
+    async def send(delta: str) -> None:
+        deltas.append(delta)
+        times.append(trio.current_time())
+
+    return send
 
 
 async def test_keep_alive_connection_is_reused(upstream: UpstreamClient, base: str) -> None:
@@ -169,21 +227,22 @@ async def test_stall_before_first_byte_times_out(upstream: UpstreamClient, base:
 async def test_stall_mid_times_out_keeping_the_partial(upstream: UpstreamClient) -> None:
     request = ask("stall later [mock fault=stall_mid]")
     deltas, _ = await run_failing(upstream, request, UpstreamTimeout)
-    assert deltas == list(expected_chunks(request.messages, TOKENS)[:3])
+    assert_whole_chunks(deltas, expected_chunks(request.messages, TOKENS)[:3])
 
 
 async def test_drop_mid_raises_after_the_partial(upstream: UpstreamClient, base: str) -> None:
     request = ask("drop [mock fault=drop_mid after=5]")
     deltas, info = await run_failing(upstream, request, UpstreamError)
     assert not isinstance(info.value, UpstreamTimeout)
-    assert deltas == list(expected_chunks(request.messages, TOKENS)[:5])
+    assert_whole_chunks(deltas, expected_chunks(request.messages, TOKENS)[:5])
     assert (await mock_get(base, "/mock/stats"))["requests_total"] == 1  # no retry after a delta
 
 
 async def test_malformed_chunk_is_an_error(upstream: UpstreamClient) -> None:
     request = ask("garbage [mock fault=malformed]")
     deltas, info = await run_failing(upstream, request, UpstreamError)
-    assert "malformed" in str(info.value) and len(deltas) == 3
+    assert "malformed" in str(info.value)
+    assert_whole_chunks(deltas, expected_chunks(request.messages, TOKENS)[:3])
 
 
 async def test_length_is_continued_without_duplicates(upstream: UpstreamClient) -> None:

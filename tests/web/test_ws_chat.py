@@ -221,3 +221,27 @@ async def test_rooms_switch_list_and_delete(server: ChatServer, user: User) -> N
         assert await client.init() == []
     async with chat_socket(server, user.access_key, room="0", read_init=False) as client:
         assert len(await client.init()) == 2
+
+
+async def test_a_fast_stream_leaves_in_fewer_frames_than_tokens(
+    server: ChatServer, user: User
+) -> None:
+    # 64 tokens 10 ms apart, DELTA_INTERVAL 30 ms: the first token goes alone and at once, the
+    # rest in frames of several tokens (load on the machine only merges more).
+    text = "pace [mock tokens=64 delay_ms=10]"
+    async with chat_socket(server, user.access_key) as client:
+        await client.send("warm up")  # the first message of a process loads the tokenizer
+        await client.answer()
+        await client.send(text)
+        sent = trio.current_time()
+        frames: list[str] = []
+        while True:
+            frame = await client.frame()
+            if frame["finish"]:
+                break
+            if not frames:
+                first_after = trio.current_time() - sent
+            frames.append(frame["msg"])
+    assert "".join(frames) == expected(text, 64)
+    assert first_after < 0.5 and len(frames[0].split()) == 1  # the first token, alone
+    assert len(frames) <= 32

