@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from core.settings import Settings
 from scripts.loadtest import LoadResult, loadtest, write_json
-from scripts.loadtest_client import LoadConfig, load_users, provision_users, save_users, ws_url
+from scripts.loadtest_client import (
+    LoadConfig,
+    first_message_delay,
+    load_users,
+    provision_users,
+    save_users,
+    ws_url,
+)
 from scripts.loadtest_stats import (
     Distribution,
     MessageResult,
@@ -168,3 +175,20 @@ async def test_short_run_against_a_real_server(db_settings: Settings, redis_acto
     assert s.deltas_per_s > 0 and result.timeline
     write_json(tmp_path / "out.json", result)
     assert json.loads((tmp_path / "out.json").read_text())["summary"]["failures"] == 0
+
+
+async def test_steady_run_opens_every_session_before_chatting(
+    db_settings: Settings, redis_actor: object
+) -> None:
+    async with running_server(db_settings, mock={"tokens": 4, "delay_ms": 1}) as server:
+        users = await provision_users(server.url, 2)
+        cfg = LoadConfig(url=server.url, sessions=6, messages=1, ramp_up=0.3, think=0.2,
+                         steady=True, answer_timeout=20)
+        result = await loadtest(cfg, MessagePlan(run_id="s", default_tokens=4), users,
+                                duration=60)
+    s = result.summary
+    assert s.failures == 0 and s.answers_complete == 6, format_table(s)
+    assert s.peak_open == 6  # nobody finished before everybody had connected
+    sent = sorted(m.sent_at for m in result.recorder.messages)
+    assert sent[0] >= 0.3 and sent[-1] <= 0.3 + 0.2 + 1.0
+    assert 0 <= first_message_delay(3, cfg) == first_message_delay(3, cfg) <= cfg.think
