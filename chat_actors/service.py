@@ -19,6 +19,7 @@ import trio
 from chat_actors.registry import SessionRegistry
 from chat_actors.session_commands import CommandRunner
 from chat_actors.session_deps import SessionDeps
+from chat_actors.tokens import encoding_for
 from chat_actors.translate import Translator
 from chat_actors.upstream import UpstreamClient, open_upstream
 from core.errors import StorageError
@@ -100,6 +101,13 @@ class Chat:
         await self.store.delete_user(user_id)
 
 
+async def _warm_tokenizer(model: str) -> None:
+    try:
+        await trio.to_thread.run_sync(encoding_for, model)
+    except Exception:  # the first message will try again and report it
+        log.exception("could not build the tokenizer for %s", model)
+
+
 @asynccontextmanager
 async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]:
     store = ContextStore(storage.redis, ttl_seconds=settings.context_ttl_seconds,
@@ -112,6 +120,9 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
         async with trio.open_nursery() as nursery:
             await nursery.start(rooms.run)
             await nursery.start(registry.run)
+            # Build the default model's tokenizer now (~1 s, in a thread), not on the first
+            # message a user sends.
+            nursery.start_soon(_warm_tokenizer, settings.default_model)
             try:
                 yield Chat(settings=settings, registry=registry, store=store,
                            upstream=upstream, rooms=rooms, translator=translator)
