@@ -19,7 +19,7 @@ import trio
 from chat_actors.registry import SessionRegistry
 from chat_actors.session_commands import CommandRunner
 from chat_actors.session_deps import SessionDeps
-from chat_actors.tokens import encoding_for
+from chat_actors.tokens import preload
 from chat_actors.translate import Translator
 from chat_actors.upstream import UpstreamClient, open_upstream
 from core.errors import StorageError
@@ -103,7 +103,7 @@ class Chat:
 
 async def _warm_tokenizer(model: str) -> None:
     try:
-        await trio.to_thread.run_sync(encoding_for, model)
+        await preload([model])
     except Exception:  # the first message will try again and report it
         log.exception("could not build the tokenizer for %s", model)
 
