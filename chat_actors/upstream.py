@@ -5,8 +5,9 @@ Usage::
     async with open_upstream(settings) as upstream:
         info = await upstream.stream(ChatRequest(model, messages, user=opaque_id), send_delta)
 
-``send_delta`` is awaited with each text delta in order; the caller owns the text (on an error
-after some deltas it keeps what it got). Cancel the caller's scope to stop: the HTTP response is
+``send_delta`` is awaited with each text delta in order and should return promptly (its time
+counts toward the gap timeout; the session's only pushes into outboxes); the caller owns the
+text (on an error after some deltas it keeps what it got, a held token included). Cancel the caller's scope to stop: the HTTP response is
 closed at once and the upstream sees the connection close.
 
 - Pool: one-connection ``httpx.AsyncClient``s checked out per request (``upstream_pool``
@@ -15,8 +16,8 @@ closed at once and the upstream sees the connection close.
 - Pacing: a token arriving alone is held ``delta_interval`` (30 ms) so that the tokens behind it
   are read in one go and leave as one frame (``_ReadPacer``); the first delta is never delayed.
 - Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
-  (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; the time
-  spent inside ``send_delta`` does not count) → ``UpstreamTimeout``.
+  (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; comments
+  and keep-alives do not count as progress) → ``UpstreamTimeout``.
 - Retries, only while the current HTTP request has delivered no delta: connect / transport
   errors, 429 (``Retry-After`` honoured, capped at ``upstream_retry_after_cap``, default 8 s) and
   5xx, at most ``upstream_retries`` times, exponential backoff with jitter. Exhausted 429s →
@@ -168,58 +169,82 @@ class UpstreamClient:
         start = len(parts)
         finish: str | None = None
         done = False
-        with trio.CancelScope(deadline=trio.current_time() + self._first_byte) as scope:
-            try:
-                async with client.stream("POST", self._url, json=payload,
-                                         headers=_SSE_HEADERS) as response:
-                    if response.status_code != 200:
-                        raise await self._status_failure(response)
-                    batches = aiter_sse_batches(response)
-                    pacer = _ReadPacer(self._interval, first=len(parts) == 0)
-                    held = ""  # a lone token held back until the tokens behind it are read
-                    async with aclosing(batches):
-                        async for batch in batches:
-                            if done:
-                                continue  # read the body to its end: the connection is reused
-                            text, finish, done, error = _read_batch(batch, finish)
-                            text, held = held + text, ""
-                            if text and not done and error is None and pacer.holds():
-                                await pacer.sleep(scope, self._gap)
-                                if _readable(response):
-                                    held = text  # goes out with the tokens that came meanwhile
-                                    continue
-                            if text:
-                                parts.append(text)
-                                await send_delta(text)
-                                await pacer.delivered(scope, self._gap)
-                            if error is not None:
-                                raise error
-                            wait = min(self._gap, _DONE_GRACE) if done else self._gap
-                            _extend(scope, wait, exact=done)
-                            pacer.reading()
-                    if held:  # the body ended right behind it
-                        parts.append(held)
-                        await send_delta(held)
-            except httpx.ConnectTimeout as exc:
-                raise _Failed(UpstreamTimeout(f"connect to the upstream timed out: {exc}"),
-                              True) from exc
-            except httpx.TimeoutException as exc:
-                raise _Failed(UpstreamTimeout(f"upstream timed out: {exc!r}"), False) from exc
-            except httpx.TransportError as exc:
-                error = UpstreamError(f"upstream connection failed: {exc!r}")
-                raise _Failed(error, True) from exc
-            except httpx_sse.SSEError as exc:
-                raise _Failed(UpstreamError(f"upstream did not stream: {exc}"), False) from exc
-            except UpstreamError as exc:
-                raise _Failed(exc, False) from exc
-        if scope.cancelled_caught and not done:
-            what = "first byte" if len(parts) == start else "next chunk"
-            raise _Failed(UpstreamTimeout(f"upstream timed out waiting for the {what}"), False)
+        held: list[str] = []  # a lone token held back (``_ReadPacer``); goes out before any end
+        try:
+            with trio.CancelScope(deadline=trio.current_time() + self._first_byte) as scope:
+                try:
+                    async with client.stream("POST", self._url, json=payload,
+                                             headers=_SSE_HEADERS) as response:
+                        if response.status_code != 200:
+                            raise await self._status_failure(response)
+                        done, finish = await self._read_events(
+                            response, scope, parts, held, send_delta)
+                except httpx.ConnectTimeout as exc:
+                    raise _Failed(UpstreamTimeout(f"connect to the upstream timed out: {exc}"),
+                                  True) from exc
+                except httpx.TimeoutException as exc:
+                    raise _Failed(UpstreamTimeout(f"upstream timed out: {exc!r}"),
+                                  False) from exc
+                except httpx.TransportError as exc:
+                    error = UpstreamError(f"upstream connection failed: {exc!r}")
+                    raise _Failed(error, True) from exc
+                except httpx_sse.SSEError as exc:
+                    raise _Failed(UpstreamError(f"upstream did not stream: {exc}"),
+                                  False) from exc
+                except UpstreamError as exc:
+                    raise _Failed(exc, False) from exc
+            if scope.cancelled_caught and not done:
+                what = "first byte" if len(parts) + len(held) == start else "next chunk"
+                raise _Failed(UpstreamTimeout(f"upstream timed out waiting for the {what}"),
+                              False)
+        except _Failed:
+            await _deliver(held, parts, send_delta)  # text read before the failure is kept
+            raise
+        await _deliver(held, parts, send_delta)
         if finish is None:
             if not done:
                 raise _Failed(UpstreamError("upstream stream ended before finishing"), True)
             finish = "stop"
         return finish
+
+    async def _read_events(
+        self,
+        response: httpx.Response,
+        scope: trio.CancelScope,
+        parts: list[str],
+        held: list[str],
+        send_delta: SendDelta,
+    ) -> tuple[bool, str | None]:
+        """Deliver the body's text, paced; returns ([DONE] seen, finish_reason)."""
+        finish: str | None = None
+        done = False
+        pacer = _ReadPacer(self._interval, first=len(parts) == 0)
+        batches = aiter_sse_batches(response)
+        async with aclosing(batches):
+            async for batch in batches:
+                if done:
+                    continue  # read the body to its end: the connection is reused
+                if not batch:  # a comment or part of an event: no text, and no progress
+                    await _deliver(held, parts, send_delta)
+                    continue
+                text, finish, done, error = _read_batch(batch, finish)
+                text = "".join(held) + text
+                held.clear()
+                if text and not done and error is None and pacer.holds():
+                    await pacer.sleep(scope, self._gap)
+                    if _readable(response):
+                        held.append(text)  # goes out with the tokens that came meanwhile
+                        continue
+                if text:
+                    parts.append(text)
+                    await send_delta(text)
+                    await pacer.delivered(scope, self._gap, more=not done and error is None)
+                if error is not None:
+                    raise error
+                wait = min(self._gap, _DONE_GRACE) if done else self._gap
+                _extend(scope, wait, exact=done)
+                pacer.reading()
+        return done, finish
 
     async def _status_failure(self, response: httpx.Response) -> _Failed:
         body = (await response.aread())[:300].decode("utf-8", "replace")
@@ -237,7 +262,7 @@ def _extend(scope: trio.CancelScope, wait: float, *, exact: bool = False) -> Non
     """Move ``scope``'s deadline to ``wait`` from now, unless it is less than an eighth stale:
     moving a deadline costs more than reading an event, and a gap timeout need not be exact."""
     deadline = trio.current_time() + wait
-    if exact or deadline - scope.deadline > wait / 8:
+    if exact or abs(deadline - scope.deadline) > wait / 8:
         scope.deadline = deadline
 
 
@@ -270,8 +295,10 @@ class _ReadPacer:
         self._woke = False
         return waited and bool(self._interval) and not self._first
 
-    async def delivered(self, scope: trio.CancelScope, gap: float) -> None:
-        if self._first and self._interval:
+    async def delivered(self, scope: trio.CancelScope, gap: float, *, more: bool) -> None:
+        """Text went out; after an answer's first delta (when ``more`` may follow) the tokens
+        behind it are given one interval to gather."""
+        if self._first and self._interval and more:
             await self.sleep(scope, gap)
         self._first = False
 
@@ -285,6 +312,14 @@ def _readable(response: httpx.Response) -> bool:
     """Whether the kernel holds more of the body (httpcore's ``network_stream`` extension)."""
     stream = response.extensions.get("network_stream")
     return bool(stream is not None and stream.get_extra_info("is_readable"))
+
+
+async def _deliver(held: list[str], parts: list[str], send_delta: SendDelta) -> None:
+    if held:
+        text = "".join(held)
+        held.clear()
+        parts.append(text)
+        await send_delta(text)
 
 
 def _read_batch(

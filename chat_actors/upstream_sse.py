@@ -21,7 +21,8 @@ __all__ = ["aiter_sse_batches"]
 
 
 async def aiter_sse_batches(response: httpx.Response) -> AsyncGenerator[list[ServerSentEvent], None]:
-    """The events of ``response``, one non-empty list per network read (in order)."""
+    """The events of ``response``, one list per network read (in order; empty when the read
+    completed no event: a comment, or part of an event)."""
     content_type = response.headers.get("content-type", "").partition(";")[0]
     if "text/event-stream" not in content_type:
         raise SSEError("Expected response header Content-Type to contain 'text/event-stream', "
@@ -35,7 +36,6 @@ async def aiter_sse_batches(response: httpx.Response) -> AsyncGenerator[list[Ser
     # The request asks for identity encoding; a compressed body is still decoded by httpx.
     encoded = response.headers.get("content-encoding", "identity") != "identity"
     async for data in response.aiter_bytes() if encoded else response.aiter_raw():
-        if batch := decode(lines.decode(text.decode(data))):
-            yield batch
+        yield decode(lines.decode(text.decode(data)))
     if batch := decode(lines.decode(text.decode(b"", final=True)) + lines.flush()):
         yield batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -329,3 +330,91 @@ def test_backoff_and_retry_after() -> None:
     assert retry_after_seconds("120", cap=8) == 8.0
     assert retry_after_seconds(None, cap=8) is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", cap=8) == 0.0
+
+
+# --- a held token is never lost or kept waiting ------------------------------------------------
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.05])
+async def test_a_dropped_connection_keeps_every_token_read(interval: float) -> None:
+    # Tokens 100 ms apart: each arrives alone, and the close right behind the third makes the
+    # socket readable, so a paced read holds the third token when the connection drops.
+    request = ask("drop [mock fault=drop_mid after=3]")
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=16,
+                                           delay_ms=100, require_key="sk-test"))
+        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=interval)
+        async with open_upstream(settings) as upstream:
+            deltas, _ = await run_failing(upstream, request, UpstreamError)
+        nursery.cancel_scope.cancel()
+    assert "".join(deltas) == "".join(expected_chunks(request.messages, 16)[:3])
+
+
+async def test_the_gap_timeout_replaces_a_longer_first_byte_timeout(base: str) -> None:
+    settings = make_settings(base + "/v1", upstream_first_byte_timeout=5.0)
+    async with open_upstream(settings) as upstream:
+        start = trio.current_time()
+        await run_failing(upstream, ask("stall later [mock fault=stall_mid]"), UpstreamTimeout)
+    assert trio.current_time() - start < 1.5  # the 0.3 s gap, not the 5 s first byte
+
+
+def sse_event(text: str, finish: str | None = None) -> bytes:
+    body = {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+async def serve_then(tail: bytes, pause: float, rest: bytes,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """An upstream sending A, B, C 100 ms apart, then ``tail`` right behind C, then ``rest``
+    after ``pause``."""
+    async def handler(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                              b"connection: close\r\n\r\n" + sse_event(""))
+        for word in ("A", " B", " C"):
+            await trio.sleep(0.1)
+            await stream.send_all(sse_event(word))
+        await trio.sleep(0.01)
+        await stream.send_all(tail)
+        await trio.sleep(pause)
+        await stream.send_all(rest)
+        await stream.send_eof()  # then wait for the client: closing first could reset it
+        with trio.move_on_after(5):
+            while await stream.receive_some(65536):
+                pass
+        await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners)
+
+
+async def stream_from(tail: bytes, pause: float, rest: bytes, gap: float,
+                      ) -> tuple[list[str], list[float], Exception | None]:
+    deltas: list[str] = []
+    times: list[float] = []
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_then, tail, pause, rest))
+        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=0.05,
+                                 upstream_chunk_gap_timeout=gap)
+        start = trio.current_time()
+        async with open_upstream(settings) as upstream:
+            try:
+                await upstream.stream(ask("x"), deltas_at(deltas, times))
+            except UpstreamError as exc:
+                failure = exc
+        nursery.cancel_scope.cancel()
+    return deltas, [t - start for t in times], failure
+
+
+async def test_a_held_token_survives_a_stall_in_the_middle_of_an_event() -> None:
+    deltas, _, failure = await stream_from(b'data: {"choi', 2.0, b"", gap=0.3)
+    assert isinstance(failure, UpstreamTimeout) and "".join(deltas) == "A B C"
+
+
+async def test_a_keep_alive_does_not_keep_a_held_token_waiting() -> None:
+    deltas, times, failure = await stream_from(
+        b": keep-alive\n\n", 1.0, sse_event(" D", "stop") + b"data: [DONE]\n\n", gap=5.0)
+    assert failure is None and "".join(deltas) == "A B C D"
+    assert deltas[-2:] == [" C", " D"] and times[-2] < 0.6  # C did not wait for D (~1.3 s)

@@ -37,7 +37,7 @@ async def test_one_list_per_read_with_events_split_anywhere() -> None:
     pieces = [b"data: a\n\ndata: b", b"\r", b"\n\r\n: comment\n\nevent: x\ndata: " + snowman[:1],
               snowman[1:] + b"\ndata: 2\n", b"\n", b"data: never finished"]
     assert await batches_of(response(pieces)) == [
-        [("message", "a")], [("message", "b")], [("x", "☃\n2")]]
+        [("message", "a")], [], [("message", "b")], [], [("x", "☃\n2")], []]
 
 
 async def test_a_compressed_body_is_decoded() -> None:
