@@ -218,7 +218,7 @@ class UpstreamClient:
         """Deliver the body's text, paced; returns ([DONE] seen, finish_reason)."""
         finish: str | None = None
         done = False
-        pacer = _ReadPacer(self._interval, first=len(parts) == 0)
+        pacer = _ReadPacer(self._interval, scope, self._gap, first=len(parts) == 0)
         batches = aiter_sse_batches(response)
         async with aclosing(batches):
             async for batch in batches:
@@ -228,17 +228,15 @@ class UpstreamClient:
                     await _deliver(held, parts, send_delta)
                     continue
                 text, finish, done, error = _read_batch(batch, finish)
-                text = "".join(held) + text
-                held.clear()
-                if text and not done and error is None and pacer.holds():
-                    await pacer.sleep(scope, self._gap)
-                    if _readable(response):
-                        held.append(text)  # goes out with the tokens that came meanwhile
-                        continue
                 if text:
-                    parts.append(text)
-                    await send_delta(text)
-                    await pacer.delivered(scope, self._gap, more=not done and error is None)
+                    held.append(text)
+                if held:
+                    if not done and error is None and pacer.holds():
+                        await pacer.sleep()
+                        if _readable(response):
+                            continue  # goes out with the tokens that came meanwhile
+                    await _deliver(held, parts, send_delta)
+                    await pacer.delivered(more=not done and error is None)
                 if error is not None:
                     raise error
                 wait = min(self._gap, _DONE_GRACE) if done else self._gap
@@ -279,8 +277,10 @@ class _ReadPacer:
 
     _WAITED = 0.002  # seconds: far longer than parsing a buffered event takes (~50 µs)
 
-    def __init__(self, interval: float, *, first: bool) -> None:
+    def __init__(self, interval: float, scope: trio.CancelScope, gap: float, *,
+                 first: bool) -> None:
         self._interval = interval
+        self._scope, self._gap = scope, gap  # the read's gap timeout, moved past each pause
         self._first = first
         self._woke = True
         self._since = trio.current_time()
@@ -295,15 +295,15 @@ class _ReadPacer:
         self._woke = False
         return waited and bool(self._interval) and not self._first
 
-    async def delivered(self, scope: trio.CancelScope, gap: float, *, more: bool) -> None:
+    async def delivered(self, *, more: bool) -> None:
         """Text went out; after an answer's first delta (when ``more`` may follow) the tokens
         behind it are given one interval to gather."""
         if self._first and self._interval and more:
-            await self.sleep(scope, gap)
+            await self.sleep()
         self._first = False
 
-    async def sleep(self, scope: trio.CancelScope, gap: float) -> None:
-        _extend(scope, self._interval + gap)
+    async def sleep(self) -> None:
+        _extend(self._scope, self._interval + self._gap)
         await trio.sleep(self._interval)
         self._woke = True
 
