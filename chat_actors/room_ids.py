@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import re
 
-ROOM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-RULE = "chat_room_id must be an integer or 1-64 letters, digits, '_', '-', '.', ':'"
+from storage.rooms import ROOM_KEY_MAX
+
+ROOM_ID = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{ROOM_KEY_MAX}}}$")
+RULE = (f"chat_room_id must be an integer or 1-{ROOM_KEY_MAX} letters, digits, "
+        "'_', '-', '.', ':'")
 
 
 def parse_room_id(value: object) -> str:

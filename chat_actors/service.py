@@ -54,9 +54,12 @@ class RoomHooks:
         while self._dirty or self._writing:
             await self._flushed.wait()
 
-    async def deleted(self, user_id: int, room: str) -> None:
-        self._dirty.discard((user_id, room))
-        await self.flush()  # a write in flight must not bring the row back afterwards
+    async def deleted(self, user_id: int, room: str | None = None) -> None:
+        """One room of the user's, or all of them (``room`` None), is gone: drop its pending
+        touches and delete its rows after any write in flight (which would bring them back)."""
+        self._dirty = {(u, r) for u, r in self._dirty
+                       if u != user_id or (room is not None and r != room)}
+        await self.flush()
         await self.storage.sql.run(delete_room(user_id, room))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -99,6 +102,7 @@ class Chat:
         for key in self.registry.keys_of(user_id):
             await self.registry.stop_session(key.user_id, key.room)
         await self.store.delete_user(user_id)
+        await self.rooms.deleted(user_id)  # touches queued or in flight would re-create rows
 
 
 async def _warm_tokenizer(model: str) -> None:

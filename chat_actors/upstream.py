@@ -91,7 +91,7 @@ class UpstreamClient:
         self._max_continuations = settings.upstream_max_continuations
         self._interval = settings.delta_interval
         if retry_after_cap is None:
-            retry_after_cap = float(getattr(settings, "upstream_retry_after_cap", 8.0))
+            retry_after_cap = settings.upstream_retry_after_cap
         self._retry_after_cap = retry_after_cap
         self._rng = rng or random.Random()
 

@@ -6,21 +6,18 @@ A room is created the first time a socket uses its ``chat_room_id`` and touched 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.mysql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import ChatRoom, utcnow
+from storage.sql_actor import Unit
 
 ROOM_KEY_MAX = 64
-
-T = TypeVar("T")
-Unit = Callable[[AsyncSession], Awaitable[T]]
 
 
 @dataclass(frozen=True)
@@ -50,11 +47,6 @@ def touch_rooms(rooms: Iterable[tuple[int, str]]) -> Unit[None]:
                 stmt.on_duplicate_key_update(last_used_at=stmt.inserted.last_used_at))
 
     return unit
-
-
-def touch_room(user_id: int, room_key: str) -> Unit[None]:
-    """Create the room if needed and set ``last_used_at`` (one upsert)."""
-    return touch_rooms([(user_id, room_key)])
 
 
 def list_rooms(user_id: int) -> Unit[list[RoomInfo]]:
@@ -92,12 +84,15 @@ def get_room(user_id: int, room_key: str) -> Unit[RoomInfo | None]:
     return unit
 
 
-def delete_room(user_id: int, room_key: str) -> Unit[bool]:
-    """Returns whether a room was deleted."""
+def delete_room(user_id: int, room_key: str | None = None) -> Unit[bool]:
+    """Delete one room of a user, or all of them (``room_key`` None); returns whether any
+    row went."""
 
     async def unit(session: AsyncSession) -> bool:
-        result = await session.execute(delete(ChatRoom).where(
-            ChatRoom.user_id == user_id, ChatRoom.room_key == room_key))
+        where = [ChatRoom.user_id == user_id]
+        if room_key is not None:
+            where.append(ChatRoom.room_key == room_key)
+        result = await session.execute(delete(ChatRoom).where(*where))
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     return unit
