@@ -38,7 +38,15 @@ from scripts.loadtest_client import (
     run_load,
     save_users,
 )
-from scripts.loadtest_stats import Bucket, Recorder, Summary, format_table, summarize, timeline
+from scripts.loadtest_stats import (
+    Bucket,
+    Recorder,
+    Summary,
+    format_table,
+    nan_to_none,
+    summarize,
+    timeline,
+)
 from scripts.loadtest_verify import MessagePlan
 
 __all__ = ["LoadResult", "loadtest", "main", "raise_open_files_limit"]
@@ -150,12 +158,8 @@ async def _main(args: argparse.Namespace) -> LoadResult:
 
 def write_json(path: Path, result: LoadResult, extra: dict[str, object] | None = None) -> None:
     data = {**(extra or {}), "summary": result.summary.to_json(),
-            "timeline": [_clean(asdict(b)) for b in result.timeline]}
+            "timeline": [nan_to_none(asdict(b)) for b in result.timeline]}
     path.write_text(json.dumps(data, indent=1))
-
-
-def _clean(row: dict[str, object]) -> dict[str, object]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,7 +106,6 @@ class LoadConfig:
     answer_timeout: float = 60.0
     connect_timeout: float = 30.0
     verify: bool = True
-    room_prefix: str = "lt"
 
 
 def _first(exc: BaseException) -> BaseException:
@@ -175,7 +174,7 @@ def first_message_delay(i: int, cfg: LoadConfig) -> float:
 
 async def run_session(i: int, user: Credentials, cfg: LoadConfig, plan: MessagePlan,
                       rec: Recorder) -> None:
-    room = f"{cfg.room_prefix}-{plan.run_id}-{i}"
+    room = f"lt-{plan.run_id}-{i}"
     url = ws_url(cfg.url, user.access_key, room)
     current: MessageResult | None = None
     try:

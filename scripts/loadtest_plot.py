@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,8 +18,7 @@ def plot_timeline(rows: Sequence[Bucket], path: Path, *, title: str = "chat load
     fig, (lat, thr) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
     for attr, label, style in (("ttft_p50_ms", "p50", "-"), ("ttft_p95_ms", "p95", "--"),
                                ("ttft_p99_ms", "p99", ":")):
-        ys = [getattr(r, attr) for r in rows]
-        lat.plot(t, [math.nan if y is None else y for y in ys], style, label=label)
+        lat.plot(t, [getattr(r, attr) for r in rows], style, label=label)
     lat.set_ylabel("time to first delta (ms)")
     lat.set_ylim(bottom=0)
     lat.legend(loc="upper left", fontsize="small")

@@ -134,22 +134,25 @@ class Summary:
 
     @property
     def failures(self) -> int:
-        """Errors + unexpected closes + mismatches: 0 for a clean run."""
-        return sum(self.errors.values()) + self.unexpected_closes + sum(self.mismatches.values())
+        """Errors + unexpected closes + mismatches: 0 for a clean run. A close in the middle of
+        an answer is one failure, though it is both that message's error and a close."""
+        closes_between_answers = self.unexpected_closes - self.errors.get("closed", 0)
+        return (sum(self.errors.values()) + max(0, closes_between_answers)
+                + sum(self.mismatches.values()))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["failures"] = self.failures
         data["unanswered"] = self.unanswered
-        clean: dict[str, Any] = _nan_to_none(data)
+        clean: dict[str, Any] = nan_to_none(data)
         return clean
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     return value
 
 

@@ -110,10 +110,10 @@ async def test_streams_the_exact_answer(upstream: UpstreamClient, base: str) -> 
     assert recorded[0]["has_auth"] is True  # type: ignore[index]
 
 
-async def test_paced_reads_hold_a_lone_token_but_never_the_first(base: str) -> None:
+async def test_paced_reads_hold_a_lone_token_but_never_the_first() -> None:
     # 16 tokens 10 ms apart, reads paced at 0.4 s: the first token goes on at once; the rest
     # arrives in the kernel meanwhile and is read and delivered in one go 0.4 s later.
-    async with serve_paced(base, tokens=16, delay_ms=10) as (upstream, deltas, times):
+    async with serve_paced(tokens=16, delay_ms=10) as (upstream, deltas, times):
         request = ask("pace me", model="mock-gpt")
         start = trio.current_time()
         info = await upstream.stream(request, deltas_at(deltas, times))
@@ -126,8 +126,8 @@ async def test_paced_reads_hold_a_lone_token_but_never_the_first(base: str) -> N
     assert sum(t - min(later) < 0.1 for t in later) >= len(later) / 2
 
 
-async def test_paced_read_delivers_the_text_before_a_malformed_event(base: str) -> None:
-    async with serve_paced(base, tokens=16, delay_ms=1) as (upstream, deltas, times):
+async def test_paced_read_delivers_the_text_before_a_malformed_event() -> None:
+    async with serve_paced(tokens=16, delay_ms=1) as (upstream, deltas, times):
         request = ask("garbage [mock fault=malformed]")
         with pytest.raises(UpstreamError, match="malformed"):
             await upstream.stream(request, deltas_at(deltas, times))
@@ -136,12 +136,12 @@ async def test_paced_read_delivers_the_text_before_a_malformed_event(base: str) 
 
 @asynccontextmanager
 async def serve_paced(
-    base: str, *, tokens: int, delay_ms: int
+    *, tokens: int, delay_ms: float, interval: float = 0.4
 ) -> AsyncIterator[tuple[UpstreamClient, list[str], list[float]]]:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=tokens,
                                            delay_ms=delay_ms, require_key="sk-test"))
-        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=0.4)
+        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=interval)
         async with open_upstream(settings) as upstream:
             yield upstream, [], []
         nursery.cancel_scope.cancel()
@@ -340,13 +340,8 @@ async def test_a_dropped_connection_keeps_every_token_read(interval: float) -> N
     # Tokens 100 ms apart: each arrives alone, and the close right behind the third makes the
     # socket readable, so a paced read holds the third token when the connection drops.
     request = ask("drop [mock fault=drop_mid after=3]")
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=16,
-                                           delay_ms=100, require_key="sk-test"))
-        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=interval)
-        async with open_upstream(settings) as upstream:
-            deltas, _ = await run_failing(upstream, request, UpstreamError)
-        nursery.cancel_scope.cancel()
+    async with serve_paced(tokens=16, delay_ms=100, interval=interval) as (upstream, _, _):
+        deltas, _ = await run_failing(upstream, request, UpstreamError)
     assert "".join(deltas) == "".join(expected_chunks(request.messages, 16)[:3])
 
 
