@@ -49,6 +49,7 @@ class Outbox:
         self._stuck_after = stuck_after
         self.closed = False
         self.close_reason = ""
+        self.dropped = False  # cut because the socket did not keep up (the client's doing)
         self.closed_event = trio.Event()
         self.frames_pushed = 0
         self.frames_coalesced = 0
@@ -78,7 +79,7 @@ class Outbox:
         drains it first. A ``reason`` tells the writer to close the connection with it."""
         if self.closed:
             return
-        self.closed, self.close_reason = True, reason
+        self.closed, self.close_reason, self.dropped = True, reason, drop
         if drop:
             self._queue.clear()
         self._wakeup.set()

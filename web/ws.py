@@ -206,7 +206,7 @@ class ChatSocket:
         with trio.move_on_after(1):  # let the writer flush what the session still queued
             while self.outbox.pending:
                 await trio.sleep(0.01)
-        code = CLOSE_POLICY if "stuck" in self.outbox.close_reason else CLOSE_ERROR
+        code = CLOSE_POLICY if self.outbox.dropped else CLOSE_ERROR
         with trio.move_on_after(1):
             await websocket.close(code, self.outbox.close_reason[:120])
         cancel_scope.cancel()

@@ -47,6 +47,7 @@ async def test_a_stuck_socket_is_closed(autojump_clock: trio.testing.MockClock) 
     await trio.sleep(6)  # nobody reads
     assert not box.push(frames.reply_frame("0", "two"))
     assert box.closed and "stuck" in box.close_reason
+    assert box.dropped  # the client's doing: the socket closes with 1008
     with pytest.raises(OutboxClosed):
         await box.next_frame()
 
@@ -56,7 +57,7 @@ async def test_too_many_frames_close_the_socket() -> None:
     for i in range(3):
         assert box.push(frames.reply_frame("0", str(i)))
     assert not box.push(frames.reply_frame("0", "overflow"))
-    assert box.closed
+    assert box.closed and box.dropped
 
 
 async def test_a_reading_socket_is_not_stuck(autojump_clock: trio.testing.MockClock) -> None:
@@ -72,6 +73,7 @@ async def test_plain_close_drains_then_ends() -> None:
     box = Outbox()
     box.push(frames.reply_frame("0", "last"))
     box.close()
+    assert not box.dropped
     assert (await box.next_frame())["msg"] == "last"
     with pytest.raises(OutboxClosed):
         await box.next_frame()

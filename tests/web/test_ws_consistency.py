@@ -165,9 +165,9 @@ async def test_two_sockets_get_identical_frame_sequences(server: ChatServer, use
 
 async def test_a_deleted_account_gets_no_room_rows_back(server: ChatServer, user: User) -> None:
     # The socket's room touch is still queued (written every 0.2 s) when the account goes.
-    async with chat_socket(server, user.access_key, room="just-opened"):
-        async with httpx.AsyncClient(base_url=server.url) as http:
-            r = await http.delete("/api/user/me", headers={"Authorization": user.jwt})
-            assert r.status_code == 200, r.text
+    async with (chat_socket(server, user.access_key, room="just-opened"),
+                httpx.AsyncClient(base_url=server.url) as http):
+        r = await http.delete("/api/user/me", headers={"Authorization": user.jwt})
+        assert r.status_code == 200, r.text
     await trio.sleep(2 * RoomHooks.FLUSH_EVERY)
     assert await server.services.storage.sql.run(list_rooms(user.user_id)) == []
