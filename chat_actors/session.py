@@ -237,7 +237,7 @@ class SessionActor(Actor[SessionMsg]):
             case ResumeQueue():
                 await self._next_pending()
             case IdleTick():
-                if self._idle_for() >= self.settings.session_idle_seconds and self._is_idle():
+                if self._is_idle():
                     log.info("session %s/%s idle: stopping", self.key.user_id, self.key.room)
                     self.stop()
             case CrashForTest():
@@ -527,14 +527,11 @@ class SessionActor(Actor[SessionMsg]):
     def _touch(self) -> None:
         self.slot.last_activity = trio.current_time()
 
-    def _idle_for(self) -> float:
-        return trio.current_time() - self.slot.last_activity
-
     def _is_idle(self) -> bool:
         for outbox in self._outboxes():
             if outbox.closed:  # its socket left without a Detach reaching us
                 self._drop(outbox)
-        return not self.slot.outboxes and self.generation is None and not self.pending
+        return self.slot.looks_idle(trio.current_time(), self.settings.session_idle_seconds)
 
 
 __all__ = [

@@ -147,14 +147,14 @@ async def test_idle_sweeper_leaves_busy_sessions_alone(chat: Chat, monkeypatch: 
     from chat_actors.session import SessionActor
 
     calls = 0
-    original = SessionActor._idle_for
+    original = SessionActor._is_idle
 
-    def counting(self: SessionActor) -> float:
+    def counting(self: SessionActor) -> bool:
         nonlocal calls
         calls += 1
         return original(self)
 
-    monkeypatch.setattr(SessionActor, "_idle_for", counting)
+    monkeypatch.setattr(SessionActor, "_is_idle", counting)
     await chat.registry.attach(8, "0", Outbox())  # attached: never idle (idle time is 0.5 s)
     await trio.sleep(2.0)
     assert calls < 30, f"the session was asked about idleness {calls} times in 2 s"
