@@ -70,7 +70,7 @@ async def _main(settings: Settings) -> None:
         # larger ones are not even buffered: Hypercorn closes the socket (1009).
         config.websocket_max_message_size = max(settings.max_frame_bytes * 16, 1 << 20)
         config.graceful_timeout = 5
-        app = create_app(settings)
+        app = create_app(settings, tune_gc=True)
         print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: /docs)",
               flush=True)
         await serve(app, config, mode="asgi")

@@ -18,6 +18,7 @@ from argon2 import PasswordHasher
 from quart import Response, current_app, request
 from quart_trio import QuartTrio
 
+from core.heap import tune_collector
 from core.settings import Settings
 from web import (
     routes_apikeys,
@@ -58,7 +59,9 @@ def create_app(
     extra_services: Sequence[ServiceStarter] = (open_chat_service,),
     shutdown_grace: float = 10.0,
     password_hasher: PasswordHasher | None = None,
+    tune_gc: bool = False,
 ) -> QuartTrio:
+    """``tune_gc``: this app is the process's server (``core.heap``), not one of a test's."""
     app = QuartTrio("web", static_folder=None)  # the page serves its files with its CSP
     app.request_class = JsonErrorRequest
     app.config.update(
@@ -95,6 +98,8 @@ def create_app(
         )
         handles.append(handle)
         app.extensions[SERVICES_EXTENSION] = handle.services
+        if tune_gc:  # once start-up garbage exists and start-up objects are all made
+            tune_collector()
 
     @app.after_serving
     async def stop_services() -> None:

@@ -12,4 +12,4 @@ from web.logging_setup import configure_logging
 
 settings = load_settings()
 configure_logging(settings)
-app = create_app(settings)
+app = create_app(settings, tune_gc=True)
