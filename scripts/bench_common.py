@@ -215,7 +215,7 @@ def top_frames(collapsed: Path, n: int = 25) -> list[tuple[str, float, float]]:
     samples = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():  # py-spy may cut a line it could not unwind
             continue
         k = int(count)
         samples += k

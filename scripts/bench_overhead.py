@@ -24,7 +24,12 @@ from httpx_sse import aconnect_sse
 
 from scripts.bench_common import bench_stack, cpu_seconds, print_dist, py_spy, top_frames
 from scripts.loadtest import loadtest
-from scripts.loadtest_client import LoadConfig, first_message_delay, provision_users
+from scripts.loadtest_client import (
+    LoadConfig,
+    collector_paused,
+    first_message_delay,
+    provision_users,
+)
 from scripts.loadtest_stats import Distribution, MessageResult, Recorder, summarize
 from scripts.loadtest_verify import MessagePlan, compare
 
@@ -70,10 +75,11 @@ async def direct_phase(mock_url: str, cfg: LoadConfig, plan: MessagePlan
                        ) -> tuple[Recorder, float]:
     rec = Recorder()
     rec.started = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        for i in range(cfg.sessions):
-            await trio.sleep_until(rec.started + cfg.ramp_up * i / cfg.sessions)
-            nursery.start_soon(direct_session, mock_url, i, cfg, plan, rec)
+    with collector_paused():  # as run_load does for the server phase
+        async with trio.open_nursery() as nursery:
+            for i in range(cfg.sessions):
+                await trio.sleep_until(rec.started + cfg.ramp_up * i / cfg.sessions)
+                nursery.start_soon(direct_session, mock_url, i, cfg, plan, rec)
     return rec, trio.current_time() - rec.started
 
 
