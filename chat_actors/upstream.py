@@ -13,7 +13,7 @@ closed at once and the upstream sees the connection close.
 - Pool: one-connection ``httpx.AsyncClient``s checked out per request (``upstream_pool``
   explains why this beats N shared clients); up to ``128 * upstream_clients`` idle clients
   (1,024 by default) keep their keep-alive connection warm.
-- Pacing: a token arriving alone is held ``delta_interval`` (30 ms) so that the tokens behind it
+- Pacing: a token arriving alone is held ``delta_interval`` (60 ms) so that the tokens behind it
   are read in one go and leave as one frame (``_ReadPacer``); the first delta is never delayed.
 - Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
   (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; comments

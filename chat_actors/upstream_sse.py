@@ -3,7 +3,7 @@
 httpx-sse's ``EventSource.aiter_sse`` yields one event at a time, so its reader cannot tell
 which events arrived together. Grouped, everything one read brought can go on as one delta,
 and the upstream client can pace its reads (``Settings.delta_interval``): at 10 ms per token a
-read every 30 ms costs a third of the wake-ups, parses and frames of reading each token alone.
+read every 60 ms gathers ~6 tokens into one delta (64-token answers leave in ~12 frames).
 Built on httpx-sse's own line and event decoders (pinned in pyproject.toml); the raw body is
 read without httpx's decoding layers when it is not compressed (~4 % less CPU per token).
 """

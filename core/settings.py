@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     upstream_max_continuations: int = Field(2, ge=0)
     upstream_retry_after_cap: float = Field(8.0, ge=0)
     delta_interval: float = Field(
-        0.03, ge=0, le=1,
+        0.06, ge=0, le=1,
         description="after a delta, wait this long (s) before reading the upstream again and "
                     "send what arrived as one delta; 0 reads as soon as anything arrives")
 

@@ -226,7 +226,7 @@ async def test_rooms_switch_list_and_delete(server: ChatServer, user: User) -> N
 async def test_a_fast_stream_leaves_in_fewer_frames_than_tokens(
     server: ChatServer, user: User
 ) -> None:
-    # 64 tokens 10 ms apart, DELTA_INTERVAL 30 ms: the first token goes alone and at once, the
+    # 64 tokens 10 ms apart, DELTA_INTERVAL 60 ms: the first token goes alone and at once, the
     # rest in frames of several tokens (load on the machine only merges more).
     text = "pace [mock tokens=64 delay_ms=10]"
     async with chat_socket(server, user.access_key) as client:
