@@ -74,13 +74,13 @@ _SSL = httpx.create_ssl_context()
 async def direct_phase(mock_url: str, cfg: LoadConfig, plan: MessagePlan
                        ) -> tuple[Recorder, float]:
     rec = Recorder()
-    rec.started = trio.current_time()
     with collector_paused():  # as run_load does for the server phase
+        rec.started = trio.current_time()
         async with trio.open_nursery() as nursery:
             for i in range(cfg.sessions):
                 await trio.sleep_until(rec.started + cfg.ramp_up * i / cfg.sessions)
                 nursery.start_soon(direct_session, mock_url, i, cfg, plan, rec)
-    return rec, trio.current_time() - rec.started
+        return rec, trio.current_time() - rec.started
 
 
 async def bench(args: argparse.Namespace) -> None:
