@@ -13,8 +13,11 @@ closed at once and the upstream sees the connection close.
 - Pool: one-connection ``httpx.AsyncClient``s checked out per request (``upstream_pool``
   explains why this beats N shared clients); up to ``128 * upstream_clients`` idle clients
   (1,024 by default) keep their keep-alive connection warm.
-- Pacing: a token arriving alone is held ``delta_interval`` (60 ms) so that the tokens behind it
-  are read in one go and leave as one frame (``_ReadPacer``); the first delta is never delayed.
+- Pacing: text goes out at most about once per ``delta_interval`` (60 ms) while the answer
+  streams quickly: a token arriving soon after the last delivery is held until the interval is
+  over, so that the tokens behind it are read in one go and leave as one frame
+  (``_ReadPacer``); the first delta of each request, any after a pause of an interval, and
+  text read with the end of the answer go out at once.
 - Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
   (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; comments
   and keep-alives do not count as progress) → ``UpstreamTimeout``.
@@ -32,6 +35,7 @@ closed at once and the upstream sees the connection close.
 
 from __future__ import annotations
 
+import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -218,25 +222,28 @@ class UpstreamClient:
         """Deliver the body's text, paced; returns ([DONE] seen, finish_reason)."""
         finish: str | None = None
         done = False
-        pacer = _ReadPacer(self._interval, scope, self._gap, first=len(parts) == 0)
+        pacer = _ReadPacer(self._interval, scope, self._gap)
         batches = aiter_sse_batches(response)
         async with aclosing(batches):
             async for batch in batches:
                 if done:
                     continue  # read the body to its end: the connection is reused
                 if not batch:  # a comment or part of an event: no text, and no progress
-                    await _deliver(held, parts, send_delta)
+                    if await _deliver(held, parts, send_delta):
+                        pacer.delivered()
+                    pacer.reading()
                     continue
                 text, finish, done, error = _read_batch(batch, finish)
                 if text:
                     held.append(text)
-                if held:
-                    if not done and error is None and pacer.holds():
-                        await pacer.sleep()
-                        if _readable(response):
-                            continue  # goes out with the tokens that came meanwhile
-                    await _deliver(held, parts, send_delta)
-                    await pacer.delivered(more=not done and error is None)
+                ending = done or error is not None or finish is not None
+                if held and not ending and pacer.holds():
+                    await pacer.sleep()
+                    if _readable(response):
+                        pacer.reading()
+                        continue  # goes out with the tokens that came meanwhile
+                if await _deliver(held, parts, send_delta):
+                    pacer.delivered()
                 if error is not None:
                     raise error
                 wait = min(self._gap, _DONE_GRACE) if done else self._gap
@@ -265,24 +272,27 @@ def _extend(scope: trio.CancelScope, wait: float, *, exact: bool = False) -> Non
 
 
 class _ReadPacer:
-    """Reads the upstream about once per ``interval`` while an answer streams quickly.
+    """Delivers an answer's text at most about once per ``interval`` while it streams quickly.
 
-    A token whose read had to wait for the network (it arrived alone) is held ``interval``;
-    the tokens arriving meanwhile wait in the kernel and are read in one go with it, with no
-    schedule point between their deliveries, so the socket's outbox sends them as one frame.
-    The first delta of an answer is never held (after it the pacer sleeps once). Whether a read
+    Text is held when it came soon after the previous delivery: a read that had to wait for the
+    network (its token arrived alone) less than ``interval`` after the last delivery is held
+    until ``interval`` has passed since that delivery. The tokens arriving meanwhile wait in the
+    kernel and are read in one go with it, with no schedule point between their deliveries, so
+    the socket's outbox sends them as one frame. The first delta of a request, text arriving
+    ``interval`` or more after the last delivery (a slow model, a pause) and text read with the
+    end of the answer (a finish reason, ``[DONE]``, an error) go on at once. An end that comes
+    in a later read is not foreseen: the last token may wait out the interval. Whether a read
     waited is judged by the clock: parsing a buffered event takes microseconds. A wrong guess
     costs at most one interval of delay, never text.
     """
 
     _WAITED = 0.002  # seconds: far longer than parsing a buffered event takes (~50 µs)
 
-    def __init__(self, interval: float, scope: trio.CancelScope, gap: float, *,
-                 first: bool) -> None:
+    def __init__(self, interval: float, scope: trio.CancelScope, gap: float) -> None:
         self._interval = interval
         self._scope, self._gap = scope, gap  # the read's gap timeout, moved past each pause
-        self._first = first
-        self._woke = True
+        self._last = -math.inf  # when text last went out
+        self._woke = True  # the next read follows a pacing sleep: it finds buffered data
         self._since = trio.current_time()
 
     def reading(self) -> None:
@@ -291,20 +301,21 @@ class _ReadPacer:
 
     def holds(self) -> bool:
         """Whether to hold the text just read (then call ``sleep``)."""
-        waited = not self._woke and trio.current_time() - self._since > self._WAITED
+        now = trio.current_time()
+        waited = not self._woke and now - self._since > self._WAITED
         self._woke = False
-        return waited and bool(self._interval) and not self._first
+        return waited and now - self._last < self._interval
 
-    async def delivered(self, *, more: bool) -> None:
-        """Text went out; after an answer's first delta (when ``more`` may follow) the tokens
-        behind it are given one interval to gather."""
-        if self._first and self._interval and more:
-            await self.sleep()
-        self._first = False
+    def delivered(self) -> None:
+        """Text went out."""
+        self._last = trio.current_time()
+        self._woke = False
 
     async def sleep(self) -> None:
-        _extend(self._scope, self._interval + self._gap)
-        await trio.sleep(self._interval)
+        """Until ``interval`` after the last delivery."""
+        until = self._last + self._interval
+        _extend(self._scope, until - trio.current_time() + self._gap)
+        await trio.sleep_until(until)
         self._woke = True
 
 
@@ -314,12 +325,15 @@ def _readable(response: httpx.Response) -> bool:
     return bool(stream is not None and stream.get_extra_info("is_readable"))
 
 
-async def _deliver(held: list[str], parts: list[str], send_delta: SendDelta) -> None:
-    if held:
-        text = "".join(held)
-        held.clear()
-        parts.append(text)
-        await send_delta(text)
+async def _deliver(held: list[str], parts: list[str], send_delta: SendDelta) -> bool:
+    """Send the held text as one delta; False when nothing was held."""
+    if not held:
+        return False
+    text = "".join(held)
+    held.clear()
+    parts.append(text)
+    await send_delta(text)
+    return True
 
 
 def _read_batch(

@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     upstream_retry_after_cap: float = Field(8.0, ge=0)
     delta_interval: float = Field(
         0.06, ge=0, le=1,
-        description="after a delta, wait this long (s) before reading the upstream again and "
-                    "send what arrived as one delta; 0 reads as soon as anything arrives")
+        description="send an answer's text at most about once per this many seconds while it "
+                    "streams quickly (a token arriving sooner is held until then, with the "
+                    "ones behind it); 0 forwards every token as soon as it is read")
 
     # Sessions
     session_idle_seconds: float = Field(300.0, gt=0)

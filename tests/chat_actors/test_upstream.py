@@ -126,6 +126,19 @@ async def test_paced_reads_hold_a_lone_token_but_never_the_first() -> None:
     assert sum(t - min(later) < 0.1 for t in later) >= len(later) / 2
 
 
+async def test_paced_reads_never_hold_a_slow_stream() -> None:
+    # Tokens 0.3 s apart, interval 0.25 s: each token arrives more than an interval after the
+    # last delivery, so it goes on as soon as it is read, not 0.25 s later.
+    async with serve_paced(tokens=5, delay_ms=300, interval=0.25,
+                           upstream_chunk_gap_timeout=2.0) as (upstream, deltas, times):
+        request = ask("slow", model="mock-gpt")
+        await upstream.stream(request, deltas_at(deltas, times))
+    assert_whole_chunks(deltas, expected_chunks(request.messages, 5))
+    assert len(deltas) == 5
+    late = [t - times[0] - 0.3 * i for i, t in enumerate(times)]
+    assert max(late) < 0.2, late
+
+
 async def test_paced_read_delivers_the_text_before_a_malformed_event() -> None:
     async with serve_paced(tokens=16, delay_ms=1) as (upstream, deltas, times):
         request = ask("garbage [mock fault=malformed]")
@@ -136,12 +149,13 @@ async def test_paced_read_delivers_the_text_before_a_malformed_event() -> None:
 
 @asynccontextmanager
 async def serve_paced(
-    *, tokens: int, delay_ms: float, interval: float = 0.4
+    *, tokens: int, delay_ms: float, interval: float = 0.4, **overrides: object
 ) -> AsyncIterator[tuple[UpstreamClient, list[str], list[float]]]:
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=tokens,
                                            delay_ms=delay_ms, require_key="sk-test"))
-        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=interval)
+        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=interval,
+                                 **overrides)
         async with open_upstream(settings) as upstream:
             yield upstream, [], []
         nursery.cancel_scope.cancel()
@@ -335,10 +349,11 @@ def test_backoff_and_retry_after() -> None:
 # --- a held token is never lost or kept waiting ------------------------------------------------
 
 
-@pytest.mark.parametrize("interval", [0.0, 0.05])
+@pytest.mark.parametrize("interval", [0.0, 0.15])
 async def test_a_dropped_connection_keeps_every_token_read(interval: float) -> None:
-    # Tokens 100 ms apart: each arrives alone, and the close right behind the third makes the
-    # socket readable, so a paced read holds the third token when the connection drops.
+    # Tokens 100 ms apart, each arriving alone less than 0.15 s after the last delivery: paced,
+    # the third is held, and the close right behind it makes the socket readable, so the held
+    # token is there when the connection drops.
     request = ask("drop [mock fault=drop_mid after=3]")
     async with serve_paced(tokens=16, delay_ms=100, interval=interval) as (upstream, _, _):
         deltas, _ = await run_failing(upstream, request, UpstreamError)
@@ -358,19 +373,24 @@ def sse_event(text: str, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-async def serve_then(tail: bytes, pause: float, rest: bytes,
+async def serve_then(tail: bytes, pause: float, rest: bytes, behind: float = 0.01,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """An upstream sending A, B, C 100 ms apart, then ``tail`` right behind C, then ``rest``
-    after ``pause``."""
+    """An upstream sending A, B, C 100 ms apart, then ``tail`` ``behind`` C (0: in the same
+    write), then ``rest`` after ``pause``."""
     async def handler(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
         await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                               b"connection: close\r\n\r\n" + sse_event(""))
-        for word in ("A", " B", " C"):
+        for word in ("A", " B"):
             await trio.sleep(0.1)
             await stream.send_all(sse_event(word))
-        await trio.sleep(0.01)
-        await stream.send_all(tail)
+        await trio.sleep(0.1)
+        if behind:
+            await stream.send_all(sse_event(" C"))
+            await trio.sleep(behind)
+            await stream.send_all(tail)
+        else:
+            await stream.send_all(sse_event(" C") + tail)
         await trio.sleep(pause)
         await stream.send_all(rest)
         await stream.send_eof()  # then wait for the client: closing first could reset it
@@ -384,14 +404,16 @@ async def serve_then(tail: bytes, pause: float, rest: bytes,
     await trio.serve_listeners(handler, listeners)
 
 
-async def stream_from(tail: bytes, pause: float, rest: bytes, gap: float,
+async def stream_from(tail: bytes, pause: float, rest: bytes, gap: float, *,
+                      interval: float = 0.15, behind: float = 0.01,
                       ) -> tuple[list[str], list[float], Exception | None]:
     deltas: list[str] = []
     times: list[float] = []
     failure: Exception | None = None
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(partial(serve_then, tail, pause, rest))
-        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=0.05,
+        port = await nursery.start(partial(serve_then, tail, pause, rest, behind))
+        # B and C arrive 0.1 s after the last delivery, within the 0.15 s interval: held.
+        settings = make_settings(f"http://127.0.0.1:{port}/v1", delta_interval=interval,
                                  upstream_chunk_gap_timeout=gap)
         start = trio.current_time()
         async with open_upstream(settings) as upstream:
@@ -413,3 +435,13 @@ async def test_a_keep_alive_does_not_keep_a_held_token_waiting() -> None:
         b": keep-alive\n\n", 1.0, sse_event(" D", "stop") + b"data: [DONE]\n\n", gap=5.0)
     assert failure is None and "".join(deltas) == "A B C D"
     assert deltas[-2:] == [" C", " D"] and times[-2] < 0.6  # C did not wait for D (~1.3 s)
+
+
+async def test_a_last_token_read_with_its_finish_reason_is_not_held() -> None:
+    # Paced at 0.19 s: B goes out ~0.19 s after A; C arrives 0.01 s later in one write with the
+    # finish reason ([DONE] follows 0.3 s later): nothing more can come, so C goes out at once
+    # instead of being held until 0.19 s after B.
+    deltas, times, failure = await stream_from(sse_event("", "stop"), 0.3, b"data: [DONE]\n\n",
+                                               gap=5.0, interval=0.19, behind=0.0)
+    assert failure is None and deltas == ["A", " B", " C"]
+    assert times[2] - times[1] < 0.1, times
