@@ -1,5 +1,6 @@
-"""The collector tuning of a server process (core.heap), in a fresh interpreter: freezing the
-test process's own heap would keep every later test's garbage."""
+"""The collector tuning of a server process (core.heap), in a fresh interpreter: frozen here, the
+test process's objects alive at that moment would never be freed if they later died in a
+cycle."""
 
 from __future__ import annotations
 
