@@ -225,13 +225,16 @@ class UpstreamClient:
         pacer = _ReadPacer(self._interval, scope, self._gap)
         batches = aiter_sse_batches(response)
         async with aclosing(batches):
-            async for batch in batches:
+            while True:
+                pacer.reading()
+                batch = await anext(batches, None)
+                if batch is None:
+                    break
                 if done:
                     continue  # read the body to its end: the connection is reused
                 if not batch:  # a comment or part of an event: no text, and no progress
                     if await _deliver(held, parts, send_delta):
                         pacer.delivered()
-                    pacer.reading()
                     continue
                 text, finish, done, error = _read_batch(batch, finish)
                 if text:
@@ -240,7 +243,6 @@ class UpstreamClient:
                 if held and not ending and pacer.holds():
                     await pacer.sleep()
                     if _readable(response):
-                        pacer.reading()
                         continue  # goes out with the tokens that came meanwhile
                 if await _deliver(held, parts, send_delta):
                     pacer.delivered()
@@ -248,7 +250,6 @@ class UpstreamClient:
                     raise error
                 wait = min(self._gap, _DONE_GRACE) if done else self._gap
                 _extend(scope, wait, exact=done)
-                pacer.reading()
         return done, finish
 
     async def _status_failure(self, response: httpx.Response) -> _Failed:
@@ -292,7 +293,6 @@ class _ReadPacer:
         self._interval = interval
         self._scope, self._gap = scope, gap  # the read's gap timeout, moved past each pause
         self._last = -math.inf  # when text last went out
-        self._woke = True  # the next read follows a pacing sleep: it finds buffered data
         self._since = trio.current_time()
 
     def reading(self) -> None:
@@ -302,21 +302,18 @@ class _ReadPacer:
     def holds(self) -> bool:
         """Whether to hold the text just read (then call ``sleep``)."""
         now = trio.current_time()
-        waited = not self._woke and now - self._since > self._WAITED
-        self._woke = False
+        waited = now - self._since > self._WAITED  # a read after a sleep finds buffered data
         return waited and now - self._last < self._interval
 
     def delivered(self) -> None:
         """Text went out."""
         self._last = trio.current_time()
-        self._woke = False
 
     async def sleep(self) -> None:
         """Until ``interval`` after the last delivery."""
         until = self._last + self._interval
         _extend(self._scope, until - trio.current_time() + self._gap)
         await trio.sleep_until(until)
-        self._woke = True
 
 
 def _readable(response: httpx.Response) -> bool:
