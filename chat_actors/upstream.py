@@ -14,10 +14,8 @@ closed at once and the upstream sees the connection close.
   explains why this beats N shared clients); up to ``128 * upstream_clients`` idle clients
   (1,024 by default) keep their keep-alive connection warm.
 - Pacing: text goes out at most about once per ``delta_interval`` (60 ms) while the answer
-  streams quickly: a token arriving soon after the last delivery is held until the interval is
-  over, so that the tokens behind it are read in one go and leave as one frame
-  (``_ReadPacer``); the first delta of each request, any after a pause of an interval, and
-  text read with the end of the answer go out at once.
+  streams quickly, so that several tokens leave as one frame; ``_ReadPacer`` says when text is
+  held and when it never is.
 - Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
   (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; comments
   and keep-alives do not count as progress) → ``UpstreamTimeout``.
