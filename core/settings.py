@@ -7,7 +7,6 @@ person can act on.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Annotated, Literal
 from urllib.parse import quote_plus, urlsplit
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
+from core.networks import parse_network
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:
         for entry in value:
-            if not _is_network(entry):
+            if parse_network(entry) is None:
                 raise ValueError(f"{entry!r} is not an IP address or CIDR range")
         return value
 
@@ -178,16 +178,6 @@ def _is_origin(origin: str) -> bool:
         and parts.path in ("", "/")
         and not (parts.query or parts.fragment or parts.username)
     )
-
-
-def _is_network(entry: str) -> bool:
-    if "%" in entry:  # IPv6 zone ids name an interface of this host: meaningless here
-        return False
-    try:
-        ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        return False
-    return True
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -12,8 +12,9 @@ import logging
 import re
 import time
 
+from core.networks import IPNetwork
 from web.asgi_types import ASGIApp, Message, Receive, Scope, Send
-from web.state import SCOPE_KEY, IPNetwork, RequestState, client_ip
+from web.state import SCOPE_KEY, RequestState, client_ip
 
 access_log = logging.getLogger("chat.access")
 

@@ -19,6 +19,7 @@ from quart import Response, current_app, request
 from quart_trio import QuartTrio
 
 from core.heap import tune_collector
+from core.networks import parse_networks
 from core.settings import Settings
 from web import (
     routes_apikeys,
@@ -39,7 +40,6 @@ from web.errors import JsonErrorRequest, install_error_handlers
 from web.hosts import TrustedHostMiddleware
 from web.passwords import Passwords
 from web.services import SERVICES_EXTENSION, ServicesHandle, ServiceStarter, run_services
-from web.state import parse_networks
 
 MAX_BODY_BYTES = 1024 * 1024
 

@@ -25,9 +25,9 @@ from urllib.parse import parse_qs
 
 from core.errors import ApiError
 from core.hmac_signing import sign_query_string
+from core.networks import ip_in, parse_networks
 from storage import accounts
 from web.services import Services
-from web.state import ip_in, parse_networks
 from web.user_status import check_user_status
 
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
 from typing import Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core.networks import parse_network
 
 
 class Strict(BaseModel):
@@ -113,17 +114,11 @@ class WhitelistCreate(Strict):
     @field_validator("ip_addr")
     @classmethod
     def _valid_ip(cls, value: str) -> str:
-        """An IPv4/IPv6 address or CIDR range, stored in canonical form.
-
-        IPv6 zone ids (``fe80::1%eth0``) name an interface of the client's host: refused."""
-        if "%" in value:
+        """An IPv4/IPv6 address or CIDR range (no zone id), stored in canonical form."""
+        network = parse_network(value)
+        if network is None:
             raise ValueError("not an IPv4/IPv6 address or CIDR range (no zone ids)")
-        try:
-            if "/" in value:
-                return str(ipaddress.ip_network(value.strip(), strict=False))
-            return str(ipaddress.ip_address(value.strip()))
-        except ValueError:
-            raise ValueError("not an IPv4/IPv6 address or CIDR range") from None
+        return str(network) if "/" in value else str(network.network_address)
 
 
 # ---- services / health -------------------------------------------------------------------

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-SCOPE_KEY = "chat.request_state"
+from core.networks import IPNetwork, ip_in
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+SCOPE_KEY = "chat.request_state"
 
 
 @dataclass
@@ -39,29 +39,6 @@ def state_of(scope: Mapping[str, Any]) -> RequestState:
         if isinstance(scope, dict):
             scope[SCOPE_KEY] = state
     return state
-
-
-def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
-    """IP addresses or CIDR ranges; entries that are neither (or carry a zone id) are skipped."""
-    networks: list[IPNetwork] = []
-    for entry in entries:
-        if "%" in entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            continue
-    return networks
-
-
-def ip_in(ip: str, networks: Iterable[IPNetwork]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address.version == net.version and address in net for net in networks)
 
 
 def client_ip(scope: Mapping[str, Any], trusted_proxies: list[IPNetwork]) -> str:

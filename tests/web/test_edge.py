@@ -7,13 +7,14 @@ import logging
 
 import pytest
 
+from core.networks import parse_networks
 from core.settings import Settings
 from scripts.hmac_sign import sign_query
 from tests.web.conftest import CHEAP_HASHER, PASSWORD, Client, bearer, error_code, new_key, register
 from web.access_control import PathClass, classify
 from web.access_log import redact_path
 from web.app import create_app
-from web.state import client_ip, parse_networks
+from web.state import client_ip
 
 
 async def test_health_and_ready(client: Client) -> None:
