@@ -7,11 +7,19 @@ person can act on.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Annotated, Literal
 from urllib.parse import quote_plus, urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -89,8 +97,11 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     default_model: str = "gpt-4o-mini"
-    models: dict[str, ModelSpec] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
-    unknown_model: ModelSpec = ModelSpec(context_window=8_192, max_answer_tokens=1_024)
+    #: JSON; its entries are added to (or replace entries of) ``DEFAULT_MODELS``.
+    models: Annotated[dict[str, ModelSpec], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_MODELS))
+    unknown_model: Annotated[ModelSpec, NoDecode] = ModelSpec(context_window=8_192,
+                                                              max_answer_tokens=1_024)
     token_margin: int = Field(64, ge=0)
     upstream_clients: int = Field(
         8, ge=1, description="idle upstream connections kept: 128 x this value")
@@ -122,6 +133,29 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("database_url", "openai_api_key", "translator_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("models", "unknown_model", mode="before")
+    @classmethod
+    def _parse_json(cls, value: object, info: ValidationInfo) -> object:
+        """JSON from the environment; empty means the default (compose passes unset as "")."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {} if info.field_name == "models" else cls.model_fields["unknown_model"].default
+        try:
+            return json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not valid JSON ({exc})") from None
+
+    @field_validator("models")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        return {**DEFAULT_MODELS, **value}
 
     @field_validator("allowed_origins")
     @classmethod

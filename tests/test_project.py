@@ -88,6 +88,34 @@ def test_compose_gives_each_service_only_what_it_needs(tmp_path: Path) -> None:
         load_settings(_env_file=None, **{k.lower(): v for k, v in app_env.items()})
 
 
+#: What compose sets on purpose (the db and cache services, the app's own database user, prod
+#: and its required secrets); every other setting is the app's default.
+COMPOSE_SETS = {"api_env", "mysql_host", "mysql_user", "mysql_password", "redis_url",
+                "jwt_secret", "trusted_hosts"}
+
+
+@NEEDS_COMPOSE
+def test_compose_passes_every_setting_with_the_apps_defaults(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.settings import Settings, load_settings
+
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    defaults = Settings(_env_file=None, api_env="test")  # type: ignore[call-arg]
+    result = _compose_config(tmp_path, "MYSQL_PASSWORD=db-secret\nJWT_SECRET=" + "j" * 48
+                             + "\nTRUSTED_HOSTS=chat.example.com\n")
+    assert result.returncode == 0, result.stderr
+    app_env = yaml.safe_load(result.stdout)["services"]["app"]["environment"]
+    missing = {name.upper() for name in Settings.model_fields} - set(app_env)
+    assert missing == {"DATABASE_URL", "MYSQL_ROOT_PASSWORD"}
+    for key, value in app_env.items():
+        monkeypatch.setenv(key, str(value))
+    settings = load_settings(_env_file=None)
+    differ = {name for name in Settings.model_fields
+              if getattr(settings, name) != getattr(defaults, name)}
+    assert differ == COMPOSE_SETS
+
+
 def test_make_creates_env_with_a_random_jwt_secret(tmp_path: Path) -> None:
     from core.settings import load_settings
 

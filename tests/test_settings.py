@@ -94,6 +94,33 @@ def test_env_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert settings.default_model == "gpt-4o" and settings.mysql_database == "from_file"
 
 
+def test_models_are_added_to_the_built_in_table(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("MODELS", '{"local-llama": {"context_window": 32768, '
+                               '"max_answer_tokens": 2048}, '
+                               '"gpt-4": {"context_window": 9000, "max_answer_tokens": 100}}')
+    clean_env.setenv("UNKNOWN_MODEL", '{"context_window": 4096, "max_answer_tokens": 512}')
+    settings = load_settings(api_env="test")
+    assert settings.model_spec("local-llama").context_window == 32768
+    assert settings.model_spec("gpt-4").context_window == 9000  # replaced
+    assert settings.model_spec("gpt-4o").context_window == 128_000  # kept
+    assert settings.model_spec("no-such-model").context_window == 4096
+
+
+def test_empty_json_settings_mean_the_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("MODELS", "")
+    clean_env.setenv("UNKNOWN_MODEL", " ")
+    settings, defaults = load_settings(api_env="test"), Settings(api_env="test")
+    assert settings.models == defaults.models
+    assert settings.unknown_model == defaults.unknown_model
+
+
+def test_bad_json_settings_name_the_variable(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("MODELS", '{"local": {"context_window": 1}')
+    with pytest.raises(ConfigError, match="MODELS: not valid JSON") as info:
+        load_settings(api_env="test")
+    assert "\n" not in str(info.value)
+
+
 def test_database_url_wins_over_parts(clean_env: pytest.MonkeyPatch) -> None:
     url = "mysql+asyncmy://u:p@db:3306/x?charset=utf8mb4"
     assert load_settings(api_env="test", database_url=url).sqlalchemy_url == url
