@@ -87,25 +87,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_pid(pid: int, timeout: float = 10.0) -> int:
-    """The process that serves: Hypercorn's CLI runs its worker in a child process."""
+def worker_pids(pid: int, count: int = 1, timeout: float = 10.0) -> tuple[int, ...]:
+    """The processes that serve: Hypercorn's CLI runs its workers in child processes."""
     deadline = time.monotonic() + timeout
+    found: list[int] = []
     while time.monotonic() < deadline:
+        found = []
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
                 if b"resource_tracker" not in cmdline:
-                    return int(child)
+                    found.append(int(child))
+        if len(found) >= count:
+            return tuple(found)
         time.sleep(0.1)
-    return pid
+    return tuple(found) or (pid,)
 
 
 @dataclass(frozen=True)
 class Stack:
     url: str  # the chat server, http://127.0.0.1:PORT
     mock_url: str  # the mock upstream, http://127.0.0.1:PORT (no /v1)
-    server_pid: int  # the Hypercorn worker process (RSS, CPU)
+    server_pids: tuple[int, ...]  # the Hypercorn worker processes (RSS, CPU)
     mock_pid: int
+
+    @property
+    def server_pid(self) -> int:
+        """The first (with one worker, the only) worker process."""
+        return self.server_pids[0]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -134,6 +143,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int = 1,
+                server_workers: int = 1,
                 env: dict[str, str] | None = None, quiet: bool = True) -> Iterator[Stack]:
     """Fresh DB + Redis prefix, mock upstream and chat server processes; cleaned up after."""
     from scripts.loadtest import raise_open_files_limit
@@ -164,13 +174,14 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
         }
         server = subprocess.Popen(
             [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog", "4096",
+             "--workers", str(server_workers),
              "-b", f"127.0.0.1:{port}", "web.asgi:app"],
             cwd=ROOT, env=server_env, stdout=out, stderr=out)
         procs.append(server)
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url + "/health/ready", server)
         yield Stack(url=url, mock_url=f"http://127.0.0.1:{mock_port}",
-                    server_pid=worker_pid(server.pid),
+                    server_pids=worker_pids(server.pid, server_workers),
                     mock_pid=mock.pid)
     finally:
         for proc in reversed(procs):

@@ -71,6 +71,10 @@ async def direct_session(mock_url: str, i: int, cfg: LoadConfig, plan: MessagePl
 _SSL = httpx.create_ssl_context()
 
 
+def _server_cpu(pids: tuple[int, ...]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 async def direct_phase(mock_url: str, cfg: LoadConfig, plan: MessagePlan
                        ) -> tuple[Recorder, float]:
     rec = Recorder()
@@ -84,7 +88,7 @@ async def direct_phase(mock_url: str, cfg: LoadConfig, plan: MessagePlan
 
 
 async def bench(args: argparse.Namespace) -> None:
-    with bench_stack(tokens=64, delay_ms=10) as stack:
+    with bench_stack(tokens=64, delay_ms=10, server_workers=args.server_workers) as stack:
         users = await provision_users(stack.url, max(1, args.sessions // 10))
         warm = LoadConfig(url=stack.url, sessions=20, messages=2, think=0.1)
         await loadtest(warm, MessagePlan(run_id="warm"), users, duration=60)  # warm the server
@@ -98,10 +102,10 @@ async def bench(args: argparse.Namespace) -> None:
                       messages_planned=args.sessions * args.messages, duration=elapsed)
 
         print(f"through the server: {args.sessions} WebSocket sessions x {args.messages}")
-        cpu0, t0 = cpu_seconds(stack.server_pid), time.monotonic()
+        cpu0, t0 = _server_cpu(stack.server_pids), time.monotonic()
         with py_spy(stack.server_pid, args.py_spy):
             result = await loadtest(cfg, plan, users, duration=600)
-        cpu = (cpu_seconds(stack.server_pid) - cpu0) / (time.monotonic() - t0)
+        cpu = (_server_cpu(stack.server_pids) - cpu0) / (time.monotonic() - t0)
         s = result.summary
 
     for name, summary in (("direct", d), ("server", s)):
@@ -109,7 +113,8 @@ async def bench(args: argparse.Namespace) -> None:
               f"(errors {summary.errors}, mismatches {summary.mismatches})")
         print_dist("first delta (ms)", summary.ttft_ms)
         print_dist("total (ms)", summary.total_ms)
-    print(f"server CPU during its phase: {cpu:.0%} of one core; frames/answer p50 "
+    print(f"server CPU during its phase ({args.server_workers} process(es)): {cpu:.0%} of one "
+          f"core; frames/answer p50 "
           f"{s.frames_per_answer.p50:.0f} (64 without coalescing)")
 
     for name, rec in (("direct", direct), ("server", result.recorder)):
@@ -143,6 +148,11 @@ def main() -> None:
     p.add_argument("--steady", action="store_true", help="open every session during the "
                    "ramp-up, then chat, each session starting at a random point of one think "
                    "time (the steady state, without the connection storm)")
+    p.add_argument("--server-workers", type=int, default=1, help="Hypercorn worker processes "
+                   "(default 1). Sessions are not shared across processes yet (see "
+                   "docs/architecture.md); this benchmark may use more because each of its "
+                   "sessions is one socket on a room of its own. CPU is summed over the workers; "
+                   "--py-spy profiles the first")
     p.add_argument("--ramp-up", type=float, default=5.0, help="seconds to start all sessions "
                    "(the same in both phases)")
     trio.run(bench, p.parse_args())
