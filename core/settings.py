@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     openai_api_key: str | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     default_model: str = "gpt-4o-mini"
-    #: JSON; its entries are added to (or replace entries of) ``DEFAULT_MODELS``.
+    #: JSON; replaces ``DEFAULT_MODELS`` (a deployment may offer only its own models).
     models: Annotated[dict[str, ModelSpec], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_MODELS))
     unknown_model: Annotated[ModelSpec, NoDecode] = ModelSpec(context_window=8_192,
@@ -146,16 +146,12 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         if not value.strip():
-            return {} if info.field_name == "models" else cls.model_fields["unknown_model"].default
+            default = cls.model_fields[info.field_name or ""].get_default(call_default_factory=True)
+            return default.model_dump() if isinstance(default, BaseModel) else default
         try:
             return json.loads(value)
         except ValueError as exc:
             raise ValueError(f"not valid JSON ({exc})") from None
-
-    @field_validator("models")
-    @classmethod
-    def _over_defaults(cls, value: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        return {**DEFAULT_MODELS, **value}
 
     @field_validator("allowed_origins")
     @classmethod

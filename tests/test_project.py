@@ -106,10 +106,12 @@ def test_compose_passes_every_setting_with_the_apps_defaults(
                              + "\nTRUSTED_HOSTS=chat.example.com\n")
     assert result.returncode == 0, result.stderr
     app_env = yaml.safe_load(result.stdout)["services"]["app"]["environment"]
-    missing = {name.upper() for name in Settings.model_fields} - set(app_env)
-    assert missing == {"DATABASE_URL", "MYSQL_ROOT_PASSWORD"}
+    names = {name.upper() for name in Settings.model_fields}
+    assert names - set(app_env) == {"DATABASE_URL", "MYSQL_ROOT_PASSWORD"}
+    assert set(app_env) - names == set()  # no leftover of a removed setting
     for key, value in app_env.items():
-        monkeypatch.setenv(key, str(value))
+        assert isinstance(value, str), key
+        monkeypatch.setenv(key, value)
     settings = load_settings(_env_file=None)
     differ = {name for name in Settings.model_fields
               if getattr(settings, name) != getattr(defaults, name)}

@@ -94,24 +94,23 @@ def test_env_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert settings.default_model == "gpt-4o" and settings.mysql_database == "from_file"
 
 
-def test_models_are_added_to_the_built_in_table(clean_env: pytest.MonkeyPatch) -> None:
+def test_models_replace_the_built_in_table(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("MODELS", '{"local-llama": {"context_window": 32768, '
-                               '"max_answer_tokens": 2048}, '
-                               '"gpt-4": {"context_window": 9000, "max_answer_tokens": 100}}')
+                               '"max_answer_tokens": 2048}}')
     clean_env.setenv("UNKNOWN_MODEL", '{"context_window": 4096, "max_answer_tokens": 512}')
     settings = load_settings(api_env="test")
+    assert list(settings.models) == ["local-llama"]  # what /model offers
     assert settings.model_spec("local-llama").context_window == 32768
-    assert settings.model_spec("gpt-4").context_window == 9000  # replaced
-    assert settings.model_spec("gpt-4o").context_window == 128_000  # kept
-    assert settings.model_spec("no-such-model").context_window == 4096
+    assert settings.model_spec("gpt-4o").context_window == 4096  # now an unknown model
 
 
 def test_empty_json_settings_mean_the_defaults(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("MODELS", "")
     clean_env.setenv("UNKNOWN_MODEL", " ")
     settings, defaults = load_settings(api_env="test"), Settings(api_env="test")
-    assert settings.models == defaults.models
+    assert settings.models == defaults.models and len(settings.models) > 1
     assert settings.unknown_model == defaults.unknown_model
+    assert settings.unknown_model is not Settings.model_fields["unknown_model"].default
 
 
 def test_bad_json_settings_name_the_variable(clean_env: pytest.MonkeyPatch) -> None:

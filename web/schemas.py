@@ -117,7 +117,7 @@ class WhitelistCreate(Strict):
         """An IPv4/IPv6 address or CIDR range (no zone id), stored in canonical form."""
         network = parse_network(value)
         if network is None:
-            raise ValueError("not an IPv4/IPv6 address or CIDR range (no zone ids)")
+            raise ValueError("not an IPv4/IPv6 address or CIDR range (IPv6 zone ids are refused)")
         return str(network) if "/" in value else str(network.network_address)
 
 
