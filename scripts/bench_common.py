@@ -101,7 +101,7 @@ def worker_pids(pid: int, count: int = 1, timeout: float = 10.0) -> tuple[int, .
         if len(found) >= count:
             return tuple(found)
         time.sleep(0.1)
-    return tuple(found) or (pid,)
+    raise RuntimeError(f"Hypercorn ({pid}) started {len(found)} of {count} worker processes")
 
 
 @dataclass(frozen=True)
