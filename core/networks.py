@@ -12,15 +12,26 @@ from collections.abc import Iterable
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_network(entry: str) -> IPNetwork | None:
-    """The entry as a network (an address is a /32 or /128), or None if it is neither."""
+    """The entry as a network (an address is a /32 or /128), or None if it is neither.
+
+    IPv4-mapped IPv6 entries (``::ffff:192.0.2.1``) become the IPv4 network: a peer's mapped
+    address is compared as IPv4 (``ip_in``), so the mapped form could never match."""
     entry = entry.strip()
     if "%" in entry:
         return None
     try:
-        return ipaddress.ip_network(entry, strict=False)
+        network = ipaddress.ip_network(entry, strict=False)
     except ValueError:
         return None
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:

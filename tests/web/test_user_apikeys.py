@@ -162,7 +162,9 @@ async def test_whitelists(client: Client, web_settings: Settings) -> None:
     ok = []
     for ip, stored in [("203.0.113.7", "203.0.113.7"), ("10.0.0.0/8", "10.0.0.0/8"),
                        ("192.168.1.77/24", "192.168.1.0/24"), ("2001:DB8::1", "2001:db8::1"),
-                       ("2001:db8::/32", "2001:db8::/32")]:
+                       ("2001:db8::/32", "2001:db8::/32"),
+                       ("::ffff:203.0.113.8", "203.0.113.8"),  # IPv4-mapped: stored as IPv4
+                       ("::ffff:198.51.100.0/120", "198.51.100.0/24")]:
         r = await client.post(path, json={"ip_addr": ip}, headers=bearer(token))
         assert r.status_code == 201, ip
         body = await r.get_json()
