@@ -211,10 +211,12 @@ def _is_origin(origin: str) -> bool:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming every bad setting, as its environment variable."""
+    """One line naming every bad setting, as its environment variable (and, inside a JSON
+    setting, the path to the bad value: ``MODELS (local.context_window)``)."""
     parts = []
     for err in exc.errors():
-        name = "_".join(str(p) for p in err["loc"]).upper() or "settings"
+        variable, *path = [str(p) for p in err["loc"]] or [""]
+        name = (variable.upper() or "settings") + (f" ({'.'.join(path)})" if path else "")
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{name}: {msg}")
     return "invalid settings: " + "; ".join(parts)

@@ -120,6 +120,13 @@ def test_bad_json_settings_name_the_variable(clean_env: pytest.MonkeyPatch) -> N
     assert "\n" not in str(info.value)
 
 
+def test_a_bad_value_inside_json_names_its_path(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("MODELS", '{"local": {"context_window": 0, "max_answer_tokens": 1}}')
+    with pytest.raises(ConfigError, match=r"MODELS \(local\.context_window\): Input should be "
+                                          "greater than 0"):
+        load_settings(api_env="test")
+
+
 def test_database_url_wins_over_parts(clean_env: pytest.MonkeyPatch) -> None:
     url = "mysql+asyncmy://u:p@db:3306/x?charset=utf8mb4"
     assert load_settings(api_env="test", database_url=url).sqlalchemy_url == url
