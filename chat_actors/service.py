@@ -1,4 +1,4 @@
-"""Opens the chat side of the server: upstream pool, context store, session registry.
+"""Opens the chat side of the server: server lease, upstream pool, context store, registry.
 
     async with open_chat(settings, storage) as chat:
         ref = await chat.registry.attach(user_id, room, outbox)
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 
 import trio
 
 from chat_actors.registry import SessionRegistry
+from chat_actors.server_lease import hold_server_lease
 from chat_actors.session_commands import CommandRunner
 from chat_actors.session_deps import SessionDeps
 from chat_actors.tokens import preload
@@ -117,7 +118,9 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
     store = ContextStore(storage.redis, ttl_seconds=settings.context_ttl_seconds,
                          default_model=settings.default_model)
     rooms = RoomHooks(storage)
-    async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
+    lease: AbstractAsyncContextManager[None] = (
+        hold_server_lease(storage.redis) if settings.server_lease else nullcontext())
+    async with lease, open_upstream(settings) as upstream, Translator.open(settings) as translator:
         deps = SessionDeps(settings=settings, store=store, upstream=upstream,
                            commands=CommandRunner(), rooms=rooms)
         registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")

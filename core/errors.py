@@ -45,6 +45,12 @@ class ConfigError(ChatServerError):
     code = "bad_setting"
 
 
+class ServerLeaseHeld(ChatServerError):
+    """Another server process serves the same Redis prefix (sessions cannot be shared yet)."""
+
+    code = "server_lease_held"
+
+
 class StorageError(ChatServerError):
     """A storage operation failed."""
 

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     max_message_tokens: int = Field(4_000, ge=1)
 
+    server_lease: bool = Field(
+        True, description="hold the Redis prefix's server lease: a second server process on the "
+        "same prefix stops at start-up, as sessions cannot be shared between processes yet; "
+        "off only where no session is ever wanted by two processes (a benchmark)")
+
     # Translation (off unless TRANSLATOR_URL is set)
     translator_url: str | None = None
 

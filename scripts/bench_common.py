@@ -170,7 +170,9 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
             **os.environ, "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_port}/v1",
             "API_ENV": "test", "DATABASE_URL": db_url, "REDIS_KEY_PREFIX": prefix,
             "COOKIE_SECURE": "false", "TRUSTED_HOSTS": "localhost,127.0.0.1",
-            "CHAT_ENV_FILE": "", "LOG_LEVEL": "WARNING", **(env or {}),
+            "CHAT_ENV_FILE": "", "LOG_LEVEL": "WARNING",
+            # Several workers on one prefix: valid only where no session is wanted by two.
+            "SERVER_LEASE": "true" if server_workers == 1 else "false", **(env or {}),
         }
         server = subprocess.Popen(
             [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog", "4096",

@@ -2,7 +2,9 @@
 
 Runs in the foreground on Hypercorn's trio worker. Stops with one clear line when a setting is
 invalid (exit 2), MariaDB / Redis cannot be reached (exit 3, saying how to start them) or
-MariaDB refuses the start-up work: login, bootstrap, migrations (exit 4, with MariaDB's reason).
+MariaDB refuses the start-up work: login, bootstrap, migrations (exit 4, with MariaDB's reason),
+or the services do not start: another server process serves the same Redis prefix, say (exit 5,
+after the logged reason).
 Logging is configured first (``web.logging_setup``): JSON access lines on stdout.
 """
 
@@ -101,10 +103,17 @@ def main() -> int:
         print(f"error: MariaDB at {db.hostname}:{db.port or 3306} refused start-up: "
               f"{sql_reason(exc)}", file=sys.stderr)
         return 4
+    from hypercorn.utils import LifespanFailureError
+
     try:
         trio.run(_main, settings)
     except KeyboardInterrupt:
         pass
+    except BaseExceptionGroup as group:
+        if group.subgroup(LifespanFailureError) is None:
+            raise
+        print("error: the server did not start (its log above says why)", file=sys.stderr)
+        return 5
     return 0
 
 
