@@ -3,13 +3,17 @@
 A session is an actor of the process that holds it: two processes serving one prefix
 (``hypercorn --workers 2``, two replicas) would each run an actor for the same session, racing
 on its history. So the chat side holds a lease in Redis (``<prefix>server-lease``) while it runs:
-taken at start-up, waiting up to one lease time for the lease of a process that died without
-releasing it; renewed every third of that; released at exit. A second process stops at start-up
-with ``ServerLeaseHeld``, naming the holder.
 
-If Redis loses the key (a restart without persistence), the next renewal takes it again. If
-Redis cannot be reached, the holder logs it and keeps serving: the sessions' own storage calls
-report the outage to their users.
+- ``take`` at start-up, waiting up to one lease time for the lease of a process that died without
+  releasing it (and through a Redis blip); a second process stops with ``ServerLeaseHeld`` naming
+  the holder, or with ``StorageUnavailable`` if Redis never answered (fail closed: a process that
+  cannot see the lease must not serve);
+- ``keep`` renews it every fifth of the lease time, and retries within half a second after a
+  failed renewal. The lease lapses only if Redis stays unreachable for a whole lease time (at
+  least three Redis timeouts); a key Redis lost (a restart without persistence) is taken again.
+  Were another process to hold it by then, the holder logs that once and goes on serving: the
+  one way two processes can serve one prefix, documented in docs/architecture.md;
+- ``release`` at exit, so that a restart starts at once.
 """
 
 from __future__ import annotations
@@ -18,17 +22,16 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import trio
 
-from core.errors import ServerLeaseHeld, StorageError
+from core.errors import ServerLeaseHeld, StorageError, StorageUnavailable
 from storage.redis_actor import RedisActor
 
 log = logging.getLogger("chat.server_lease")
 
-LEASE_SECONDS = 10.0
+MIN_LEASE_SECONDS = 10.0
+RETRY_SECONDS = 0.5
 
 # Take or keep the lease: '' if it is ours now, else the holder.
 _TAKE = """
@@ -48,61 +51,83 @@ return 0
 """
 
 
+def lease_seconds(redis_timeout: float) -> float:
+    """Long enough for two renewals to time out in a row without the lease lapsing."""
+    return max(MIN_LEASE_SECONDS, 3 * redis_timeout)
+
+
 def holder_name() -> str:
     """Who holds the lease, as the error message of a second process shows it."""
     return f"{socket.gethostname()} pid {os.getpid()} ({uuid.uuid4().hex[:8]})"
 
 
-@asynccontextmanager
-async def hold_server_lease(redis: RedisActor, *, seconds: float | None = None
-                            ) -> AsyncIterator[None]:
-    """Hold this prefix's server lease for the body; raise ``ServerLeaseHeld`` if another
-    process still holds it after one lease time (``LEASE_SECONDS``) of waiting."""
-    seconds = LEASE_SECONDS if seconds is None else seconds
-    key, me, ttl_ms = redis.key("server-lease"), holder_name(), int(seconds * 1000)
+class ServerLease:
+    def __init__(self, redis: RedisActor, seconds: float) -> None:
+        self.redis = redis
+        self.seconds = seconds
+        self.key = redis.key("server-lease")
+        self.me = holder_name()
 
-    async def take() -> str:
-        return str(await redis.eval(_TAKE, [key], [me, ttl_ms]))
+    async def _take_once(self) -> str:
+        """'' if the lease is ours now, else its holder."""
+        return str(await self.redis.eval(_TAKE, [self.key], [self.me, int(self.seconds * 1000)]))
 
-    holder = await take()
-    if holder:
-        log.warning("waiting up to %.0f s for the server lease of %r, held by %s",
-                    seconds, redis.prefix, holder)
-        with trio.move_on_after(seconds + 1):
-            while holder:
-                await trio.sleep(min(0.5, seconds / 5))
-                holder = await take()
-    if holder:
+    async def take(self) -> None:
+        """Take the lease, waiting up to one lease time (plus a second) for it."""
+        deadline = trio.current_time() + self.seconds + 1
+        holder, failure = "", None
+        while True:
+            try:
+                holder, failure = await self._take_once(), None
+            except StorageError as exc:
+                failure = exc
+            if not holder and failure is None:
+                return
+            if trio.current_time() >= deadline:
+                break
+            if holder:
+                log.warning("waiting up to %.0f s for the server lease of %r, held by %s",
+                            deadline - trio.current_time(), self.redis.prefix, holder)
+            await trio.sleep(RETRY_SECONDS)
+        if failure is not None:
+            message = (f"could not take the server lease of Redis prefix {self.redis.prefix!r}: "
+                       f"{failure}")
+            log.error("%s", message)  # Hypercorn reports a failed start-up without the reason
+            raise StorageUnavailable(message) from failure
         refused = ServerLeaseHeld(
-            f"another server process ({holder}) serves Redis prefix {redis.prefix!r}: run one "
-            "process per database and prefix (sessions cannot be shared between processes yet)")
-        log.error("%s", refused)  # Hypercorn reports a failed start-up without the reason
+            f"another server process ({holder}) serves Redis prefix {self.redis.prefix!r}: run "
+            "one process per database and prefix (sessions cannot be shared between processes "
+            "yet)")
+        log.error("%s", refused)
         raise refused
 
-    async def renew() -> None:
+    async def keep(self) -> None:
+        """Renew the lease until cancelled."""
+        lost_to = ""
         while True:
-            await trio.sleep(seconds / 3)
             try:
-                other = await take()
+                holder = await self._take_once()
             except StorageError as exc:
-                log.warning("could not renew the server lease: %s", exc)
+                log.warning("could not renew the server lease (retrying): %s", exc)
+                await trio.sleep(RETRY_SECONDS)
                 continue
-            if other:
-                log.error("the server lease of %r was taken by %s: two processes now serve "
-                          "the same sessions", redis.prefix, other)
+            if holder and holder != lost_to:
+                log.error("the server lease of %r lapsed and %s took it: two processes now "
+                          "serve the same sessions", self.redis.prefix, holder)
+            elif not holder and lost_to:
+                log.warning("the server lease of %r is ours again", self.redis.prefix)
+            lost_to = holder
+            await trio.sleep(self.seconds / 5)
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(renew)
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
+    async def release(self) -> None:
+        """Give the lease up (if still ours), within two seconds, even when cancelled."""
         with trio.move_on_after(2) as scope:
             scope.shield = True
             try:
-                await redis.eval(_RELEASE, [key], [me])
+                await self.redis.eval(_RELEASE, [self.key], [self.me])
             except StorageError as exc:
                 log.warning("could not release the server lease (it lapses in %.0f s): %s",
-                            seconds, exc)
+                            self.seconds, exc)
+        if scope.cancelled_caught:
+            log.warning("could not release the server lease in 2 s (it lapses in %.0f s)",
+                        self.seconds)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
 from chat_actors.registry import SessionRegistry
-from chat_actors.server_lease import hold_server_lease
+from chat_actors.server_lease import ServerLease, lease_seconds
 from chat_actors.session_commands import CommandRunner
 from chat_actors.session_deps import SessionDeps
 from chat_actors.tokens import preload
@@ -118,24 +118,32 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
     store = ContextStore(storage.redis, ttl_seconds=settings.context_ttl_seconds,
                          default_model=settings.default_model)
     rooms = RoomHooks(storage)
-    lease: AbstractAsyncContextManager[None] = (
-        hold_server_lease(storage.redis) if settings.server_lease else nullcontext())
-    async with lease, open_upstream(settings) as upstream, Translator.open(settings) as translator:
-        deps = SessionDeps(settings=settings, store=store, upstream=upstream,
-                           commands=CommandRunner(), rooms=rooms)
-        registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(rooms.run)
-            await nursery.start(registry.run)
-            # Build the default model's tokenizer now (~1 s, in a thread), not on the first
-            # message a user sends.
-            nursery.start_soon(_warm_tokenizer, settings.default_model)
-            try:
-                yield Chat(settings=settings, registry=registry, store=store,
-                           upstream=upstream, rooms=rooms, translator=translator)
-            finally:
-                await registry.stop()
-                with trio.move_on_after(2) as scope:
-                    scope.shield = True
-                    await rooms.flush()
-                nursery.cancel_scope.cancel()
+    lease = None
+    if settings.server_lease:
+        lease = ServerLease(storage.redis, lease_seconds(settings.redis_timeout))
+        await lease.take()  # before anything starts: a second process stops here
+    try:
+        async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
+            deps = SessionDeps(settings=settings, store=store, upstream=upstream,
+                               commands=CommandRunner(), rooms=rooms)
+            registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
+            async with trio.open_nursery() as nursery:
+                if lease is not None:
+                    nursery.start_soon(lease.keep)
+                await nursery.start(rooms.run)
+                await nursery.start(registry.run)
+                # Build the default model's tokenizer now (~1 s, in a thread), not on the first
+                # message a user sends.
+                nursery.start_soon(_warm_tokenizer, settings.default_model)
+                try:
+                    yield Chat(settings=settings, registry=registry, store=store,
+                               upstream=upstream, rooms=rooms, translator=translator)
+                finally:
+                    await registry.stop()
+                    with trio.move_on_after(2) as scope:
+                        scope.shield = True
+                        await rooms.flush()
+                    nursery.cancel_scope.cancel()
+    finally:
+        if lease is not None:  # after the sessions stopped: the next process may start
+            await lease.release()

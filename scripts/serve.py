@@ -3,8 +3,8 @@
 Runs in the foreground on Hypercorn's trio worker. Stops with one clear line when a setting is
 invalid (exit 2), MariaDB / Redis cannot be reached (exit 3, saying how to start them) or
 MariaDB refuses the start-up work: login, bootstrap, migrations (exit 4, with MariaDB's reason),
-or the services do not start: another server process serves the same Redis prefix, say (exit 5,
-after the logged reason).
+or the services do not start (exit 5 after the logged reason: another server process serves the
+same Redis prefix, say, or Redis went away after the check).
 Logging is configured first (``web.logging_setup``): JSON access lines on stdout.
 """
 

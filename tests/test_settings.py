@@ -193,7 +193,7 @@ def test_run_command_says_why_mariadb_refused_start_up() -> None:
 
 
 def test_run_command_stops_when_another_process_serves_the_prefix(db_settings: Settings) -> None:
-    """Takes one lease time (10 s): the second process waits for a crashed holder's lease."""
+    """Takes one lease time (10 s): a second process waits that long for a crashed holder's."""
     import redis
 
     from scripts.bench_common import free_port
@@ -203,6 +203,7 @@ def test_run_command_stops_when_another_process_serves_the_prefix(db_settings: S
     client.set(key, "elsewhere pid 1 (test)", px=60_000)
     try:
         result = run_serve({"REDIS_KEY_PREFIX": db_settings.redis_key_prefix,
+                            "REDIS_TIMEOUT": "1",  # the shortest lease: 10 s
                             "DATABASE_URL": str(db_settings.database_url),
                             "OPENAI_API_KEY": "sk-test", "PORT": str(free_port()),
                             "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
