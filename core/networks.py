@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 

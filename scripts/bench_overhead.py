@@ -114,8 +114,7 @@ async def bench(args: argparse.Namespace) -> None:
         print_dist("first delta (ms)", summary.ttft_ms)
         print_dist("total (ms)", summary.total_ms)
     print(f"server CPU during its phase ({args.server_workers} process(es)): {cpu:.0%} of one "
-          f"core; frames/answer p50 "
-          f"{s.frames_per_answer.p50:.0f} (64 without coalescing)")
+          f"core; frames/answer p50 {s.frames_per_answer.p50:.0f} (64 without coalescing)")
 
     for name, rec in (("direct", direct), ("server", result.recorder)):
         first = Distribution.of([m.ttft * 1000 for m in rec.messages
@@ -150,9 +149,9 @@ def main() -> None:
                    "time (the steady state, without the connection storm)")
     p.add_argument("--server-workers", type=int, default=1, help="Hypercorn worker processes "
                    "(default 1). Sessions are not shared across processes yet (see "
-                   "docs/architecture.md); this benchmark may use more because each of its "
-                   "sessions is one socket on a room of its own. CPU is summed over the workers; "
-                   "--py-spy profiles the first")
+                   "docs/architecture.md); this benchmark may use more, with SERVER_LEASE=false, "
+                   "because each of its sessions is one socket on a room of its own. CPU is "
+                   "summed over the workers; --py-spy profiles the first")
     p.add_argument("--ramp-up", type=float, default=5.0, help="seconds to start all sessions "
                    "(the same in both phases)")
     trio.run(bench, p.parse_args())
