@@ -8,9 +8,9 @@ on its history. So the chat side holds a lease in Redis (``<prefix>server-lease`
   releasing it (and through a Redis blip); a second process stops with ``ServerLeaseHeld`` naming
   the holder, or with ``StorageUnavailable`` if Redis never answered (fail closed: a process that
   cannot see the lease must not serve);
-- ``keep`` renews it every fifth of the lease time, and retries within half a second after a
-  failed renewal. The lease lapses only if Redis stays unreachable for a whole lease time (at
-  least three Redis timeouts); a key Redis lost (a restart without persistence) is taken again.
+- ``keep`` renews it every fifth of the lease time; an attempt is given up after a fifth of the
+  lease time and retried half a second later, so the lease lapses only if Redis answers none of
+  them for a whole lease time; a key Redis lost (a restart without persistence) is taken again.
   Were another process to hold it by then, the holder logs that once and goes on serving: the
   one way two processes can serve one prefix, documented in docs/architecture.md;
 - ``release`` at exit, so that a restart starts at once.
@@ -25,12 +25,13 @@ import uuid
 
 import trio
 
-from core.errors import ServerLeaseHeld, StorageError, StorageUnavailable
+from core.errors import ServerLeaseHeld, StorageError, StorageTimeout, StorageUnavailable
 from storage.redis_actor import RedisActor
 
 log = logging.getLogger("chat.server_lease")
 
 MIN_LEASE_SECONDS = 10.0
+MAX_LEASE_SECONDS = 30.0  # a refused start must end within Hypercorn's 60 s start-up limit
 RETRY_SECONDS = 0.5
 
 # Take or keep the lease: '' if it is ours now, else the holder.
@@ -52,8 +53,8 @@ return 0
 
 
 def lease_seconds(redis_timeout: float) -> float:
-    """Long enough for two renewals to time out in a row without the lease lapsing."""
-    return max(MIN_LEASE_SECONDS, 3 * redis_timeout)
+    """Three Redis timeouts (so that a slow Redis is not mistaken for a dead holder), 10-30 s."""
+    return min(MAX_LEASE_SECONDS, max(MIN_LEASE_SECONDS, 3 * redis_timeout))
 
 
 def holder_name() -> str:
@@ -69,13 +70,17 @@ class ServerLease:
         self.me = holder_name()
 
     async def _take_once(self) -> str:
-        """'' if the lease is ours now, else its holder."""
-        return str(await self.redis.eval(_TAKE, [self.key], [self.me, int(self.seconds * 1000)]))
+        """'' if the lease is ours now, else its holder. Given up after a fifth of the lease
+        time (``StorageTimeout``): a cancelled attempt at most re-set our own key."""
+        with trio.move_on_after(self.seconds / 5):
+            return str(await self.redis.eval(_TAKE, [self.key],
+                                             [self.me, int(self.seconds * 1000)]))
+        raise StorageTimeout(f"Redis did not answer within {self.seconds / 5:.1f} s")
 
     async def take(self) -> None:
         """Take the lease, waiting up to one lease time (plus a second) for it."""
         deadline = trio.current_time() + self.seconds + 1
-        holder, failure = "", None
+        holder, failure, waited_for = "", None, ""
         while True:
             try:
                 holder, failure = await self._take_once(), None
@@ -85,9 +90,10 @@ class ServerLease:
                 return
             if trio.current_time() >= deadline:
                 break
-            if holder:
+            if holder and holder != waited_for:
                 log.warning("waiting up to %.0f s for the server lease of %r, held by %s",
                             deadline - trio.current_time(), self.redis.prefix, holder)
+                waited_for = holder
             await trio.sleep(RETRY_SECONDS)
         if failure is not None:
             message = (f"could not take the server lease of Redis prefix {self.redis.prefix!r}: "
@@ -103,14 +109,19 @@ class ServerLease:
 
     async def keep(self) -> None:
         """Renew the lease until cancelled."""
-        lost_to = ""
+        lost_to, failing = "", False
         while True:
             try:
                 holder = await self._take_once()
             except StorageError as exc:
-                log.warning("could not renew the server lease (retrying): %s", exc)
+                if not failing:
+                    log.warning("could not renew the server lease (retrying): %s", exc)
+                failing = True
                 await trio.sleep(RETRY_SECONDS)
                 continue
+            if failing:
+                log.warning("the server lease is renewed again")
+                failing = False
             if holder and holder != lost_to:
                 log.error("the server lease of %r lapsed and %s took it: two processes now "
                           "serve the same sessions", self.redis.prefix, holder)

@@ -121,8 +121,9 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
     lease = None
     if settings.server_lease:
         lease = ServerLease(storage.redis, lease_seconds(settings.redis_timeout))
-        await lease.take()  # before anything starts: a second process stops here
     try:
+        if lease is not None:
+            await lease.take()  # before anything starts: a second process stops here
         async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
             deps = SessionDeps(settings=settings, store=store, upstream=upstream,
                                commands=CommandRunner(), rooms=rooms)
@@ -145,5 +146,5 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
                         await rooms.flush()
                     nursery.cancel_scope.cancel()
     finally:
-        if lease is not None:  # after the sessions stopped: the next process may start
+        if lease is not None:  # after the sessions stopped (or a refused start: if ours)
             await lease.release()

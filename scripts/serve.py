@@ -103,14 +103,14 @@ def main() -> int:
         print(f"error: MariaDB at {db.hostname}:{db.port or 3306} refused start-up: "
               f"{sql_reason(exc)}", file=sys.stderr)
         return 4
-    from hypercorn.utils import LifespanFailureError
+    from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
     try:
         trio.run(_main, settings)
     except KeyboardInterrupt:
         pass
     except BaseExceptionGroup as group:
-        if group.subgroup(LifespanFailureError) is None:
+        if group.subgroup((LifespanFailureError, LifespanTimeoutError)) is None:
             raise
         print("error: the server did not start (its log above says why)", file=sys.stderr)
         return 5
