@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from core.errors import ServerLeaseHeld, StorageError, StorageUnavailable
 from core.settings import Settings
 from storage import open_storage
 from storage.redis_actor import RedisActor, open_redis_actor
-from tests.storage.servers import redis_server
+from tests.storage.servers import Server, redis_server
 
 
 async def holder_of(redis: RedisActor) -> str | None:
@@ -91,53 +92,56 @@ async def test_a_lapsed_lease_is_logged_once_and_taken_back_when_free(
         assert any("is ours again" in r.message for r in caplog.records)
 
 
-async def test_renewal_survives_a_redis_outage_and_start_up_fails_closed(
-        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[tuple[Server, RedisActor]]:
+    """A redis-server of the test's own, to kill or stop, and an actor on it."""
     redis = redis_server(tmp_path)
     redis.start()
     try:
         url = f"redis://127.0.0.1:{redis.port}/0"
         async with open_redis_actor(url, prefix="lease-test:", timeout=1.0) as actor:
-            lease = ServerLease(actor, 2.0)
-            await lease.take()
-            nursery.start_soon(lease.keep)
-            with caplog.at_level(logging.WARNING, logger="chat.server_lease"):
-                redis.kill()
-                # a process starting now cannot see the lease: it must not serve
-                with trio.fail_after(10), pytest.raises(StorageUnavailable, match="lease"):
-                    await ServerLease(actor, 1.0).take()
-                assert any("could not renew" in r.message for r in caplog.records)
-                redis.start()  # empty: the lease key is gone with the old process
-                await until_held_by(actor, lease.me, timeout=10)
-            await lease.release()
+            yield redis, actor
     finally:
         redis.kill()
+
+
+async def test_renewal_survives_a_redis_outage_and_start_up_fails_closed(
+        private_redis: tuple[Server, RedisActor], nursery: trio.Nursery,
+        caplog: pytest.LogCaptureFixture) -> None:
+    redis, actor = private_redis
+    lease = ServerLease(actor, 2.0)
+    await lease.take()
+    nursery.start_soon(lease.keep)
+    with caplog.at_level(logging.WARNING, logger="chat.server_lease"):
+        redis.kill()
+        # a process starting now cannot see the lease: it must not serve
+        with trio.fail_after(10), pytest.raises(StorageUnavailable, match="lease"):
+            await ServerLease(actor, 1.0).take()
+        assert any("could not renew" in r.message for r in caplog.records)
+        redis.start()  # empty: the lease key is gone with the old process
+        await until_held_by(actor, lease.me, timeout=10)
+    await lease.release()
 
 
 async def test_a_redis_stall_shorter_than_the_lease_does_not_lose_it(
-        tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
-    redis = redis_server(tmp_path)
-    redis.start()
-    try:
-        url = f"redis://127.0.0.1:{redis.port}/0"
-        async with open_redis_actor(url, prefix="lease-test:", timeout=1.0) as actor:
-            lease = ServerLease(actor, 3.0)  # renewed every 0.6 s, each try bounded to 0.6 s
-            await lease.take()
-            nursery.start_soon(lease.keep)
-            assert redis.proc is not None
-            with caplog.at_level(logging.WARNING, logger="chat.server_lease"):
-                redis.proc.send_signal(signal.SIGSTOP)  # a Redis that hangs, say on a fork
-                await trio.sleep(1.5)
-                redis.proc.send_signal(signal.SIGCONT)
-                with trio.fail_after(5):
-                    while not any("renewed again" in r.message for r in caplog.records):
-                        await trio.sleep(0.05)
-            assert any("could not renew" in r.message for r in caplog.records)
-            assert not any("took it" in r.message for r in caplog.records)
-            assert await holder_of(actor) == lease.me
-            await lease.release()
-    finally:
-        redis.kill()
+        private_redis: tuple[Server, RedisActor], nursery: trio.Nursery,
+        caplog: pytest.LogCaptureFixture) -> None:
+    redis, actor = private_redis
+    lease = ServerLease(actor, 3.0)  # renewed every 0.6 s, each try bounded to 0.6 s
+    await lease.take()
+    nursery.start_soon(lease.keep)
+    assert redis.proc is not None
+    with caplog.at_level(logging.WARNING, logger="chat.server_lease"):
+        redis.proc.send_signal(signal.SIGSTOP)  # a Redis that hangs, say on a fork
+        await trio.sleep(1.5)
+        redis.proc.send_signal(signal.SIGCONT)
+        with trio.fail_after(5):
+            while not any("renewed again" in r.message for r in caplog.records):
+                await trio.sleep(0.05)
+    assert any("could not renew" in r.message for r in caplog.records)
+    assert not any("took it" in r.message for r in caplog.records)
+    assert await holder_of(actor) == lease.me
+    await lease.release()
 
 
 async def test_a_second_chat_side_on_the_same_prefix_stops(
