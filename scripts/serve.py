@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from functools import partial
@@ -50,6 +51,15 @@ def check_services(settings: Settings) -> list[str]:
     return problems
 
 
+async def until_stop_signal() -> None:
+    """Returns at the first SIGINT or SIGTERM (what docker, systemd and Ctrl-C send): Hypercorn
+    then shuts down gracefully (sessions stopped, their answers stored, the lease released)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            print(f"{signal.Signals(signum).name}: shutting down", flush=True)
+            return
+
+
 async def _main(settings: Settings) -> None:
     from hypercorn.config import Config
     from hypercorn.trio import serve
@@ -75,7 +85,7 @@ async def _main(settings: Settings) -> None:
         app = create_app(settings, tune_gc=True)
         print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: /docs)",
               flush=True)
-        await serve(app, config, mode="asgi")
+        await serve(app, config, mode="asgi", shutdown_trigger=until_stop_signal)
         nursery.cancel_scope.cancel()
 
 
