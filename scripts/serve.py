@@ -51,6 +51,13 @@ def check_services(settings: Settings) -> list[str]:
     return problems
 
 
+def needs_mock_upstream(settings: Settings) -> bool:
+    """OpenAI itself cannot answer without a key: then the mock upstream stands in. Another
+    base URL is used as given, key or not (vLLM, llama.cpp and Ollama usually need none)."""
+    openai = Settings.model_fields["openai_base_url"].default
+    return not settings.openai_api_key and settings.openai_base_url.rstrip("/") == openai
+
+
 async def until_stop_signal() -> None:
     """Returns at the first SIGINT or SIGTERM (what docker, systemd and Ctrl-C send): Hypercorn
     then shuts down gracefully (sessions stopped, their answers stored, the lease released)."""
@@ -68,12 +75,12 @@ async def _main(settings: Settings) -> None:
     from web.app import create_app
 
     async with trio.open_nursery() as nursery:
-        if not settings.openai_api_key:
+        if needs_mock_upstream(settings):
             port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", MOCK_PORT))
             base_url = f"http://127.0.0.1:{port}/v1"
             settings = settings.model_copy(update={"openai_base_url": base_url})
-            print(f"OPENAI_API_KEY is not set: answers come from the mock upstream at {base_url}",
-                  flush=True)
+            print(f"OPENAI_API_KEY is not set (and OPENAI_BASE_URL is OpenAI's): answers come "
+                  f"from the mock upstream at {base_url}", flush=True)
         config = Config()
         config.bind = [f"{settings.host}:{settings.port}"]
         config.accesslog = None  # our request log replaces it (and never logs access keys)
