@@ -3,13 +3,14 @@
 Runs in the foreground on Hypercorn's trio worker. Stops with one clear line when a setting is
 invalid (exit 2), MariaDB / Redis cannot be reached (exit 3, saying how to start them) or
 MariaDB refuses the start-up work: login, bootstrap, migrations (exit 4, with MariaDB's reason),
-or the services do not start (exit 5 after the logged reason: another server process serves the
-same Redis prefix, say, or Redis went away after the check).
+or the server does not start (exit 5: its port is taken, or after the logged reason: another
+server process serves the same Redis prefix, say, or Redis went away after the check).
 Logging is configured first (``web.logging_setup``): JSON access lines on stdout.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -35,6 +36,19 @@ def _reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another process listens there (checked before anything starts: Hypercorn binds
+    only after the services started, and a crash then would leave the server lease behind)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Hypercorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def check_services(settings: Settings) -> list[str]:
@@ -110,6 +124,10 @@ def main() -> int:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         return 3
+    if port_taken(settings.host, settings.port):
+        print(f"error: port {settings.port} is taken on {settings.host} (another server "
+              "running?): stop it or set PORT", file=sys.stderr)
+        return 5
     from storage.errors import sql_reason
     from storage.migrate import prepare_database
 

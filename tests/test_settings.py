@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -214,6 +215,17 @@ def test_run_command_stops_when_another_process_serves_the_prefix(db_settings: S
     assert "another server process (elsewhere pid 1 (test)) serves Redis prefix" in result.stderr
     assert result.stderr.strip().endswith("error: the server did not start (its log above "
                                           "says why)")
+
+
+def test_run_command_says_when_its_port_is_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_serve({"HOST": "127.0.0.1", "PORT": str(port)})
+    assert result.returncode == 5, result.stderr[-2000:]
+    assert result.stderr.strip() == (f"error: port {port} is taken on 127.0.0.1 (another server "
+                                     "running?): stop it or set PORT")
 
 
 def test_start_services_script_is_what_ci_and_serve_use() -> None:
