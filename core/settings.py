@@ -158,6 +158,13 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not valid JSON ({exc})") from None
 
+    @field_validator("openai_base_url", "translator_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not _is_http_url(value):
+            raise ValueError(f"{value!r} is not an http(s) URL: use scheme://host[:port][/path]")
+        return value
+
     @field_validator("allowed_origins")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
@@ -199,6 +206,15 @@ class Settings(BaseSettings):
 
     def model_spec(self, name: str) -> ModelSpec:
         return self.models.get(name, self.unknown_model)
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _is_origin(origin: str) -> bool:

@@ -141,6 +141,10 @@ def test_database_url_wins_over_parts(clean_env: pytest.MonkeyPatch) -> None:
     ({"api_env": "prod", "trusted_hosts": ["api.example.com"]}, "JWT_SECRET"),
     ({"api_env": "prod", "jwt_secret": "x" * 40}, "TRUSTED_HOSTS"),
     ({"redis_timeout": 0}, "REDIS_TIMEOUT"),
+    ({"openai_base_url": ""}, "OPENAI_BASE_URL"),
+    ({"openai_base_url": "localhost:11434/v1"}, "OPENAI_BASE_URL"),
+    ({"openai_base_url": "ftp://models.example.com/v1"}, "OPENAI_BASE_URL"),
+    ({"translator_url": "translator:5000"}, "TRANSLATOR_URL"),
 ])
 def test_bad_settings_name_the_variable(clean_env: pytest.MonkeyPatch,
                                         overrides: dict[str, object], named: str) -> None:
