@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"not valid JSON ({exc})") from None
 
+    @field_validator("openai_base_url", "translator_url", mode="before")
+    @classmethod
+    def _strip_url(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("openai_base_url", "translator_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:

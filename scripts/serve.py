@@ -3,8 +3,9 @@
 Runs in the foreground on Hypercorn's trio worker. Stops with one clear line when a setting is
 invalid (exit 2), MariaDB / Redis cannot be reached (exit 3, saying how to start them) or
 MariaDB refuses the start-up work: login, bootstrap, migrations (exit 4, with MariaDB's reason),
-or the server does not start (exit 5: its port is taken, or after the logged reason: another
-server process serves the same Redis prefix, say, or Redis went away after the check).
+or the server does not start (exit 5: it cannot listen on HOST:PORT, or after the logged
+reason: another server process serves the same Redis prefix, say, or Redis went away after the
+check). SIGINT and SIGTERM shut it down gracefully; a second one stops it at once.
 Logging is configured first (``web.logging_setup``): JSON access lines on stdout.
 """
 
@@ -16,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from functools import partial
 from urllib.parse import urlsplit
 
@@ -25,6 +27,7 @@ from core.errors import ConfigError, StorageError
 from core.settings import Settings, load_settings
 
 MOCK_PORT = int(os.environ.get("MOCK_UPSTREAM_PORT", "8001"))
+OPENAI = "api.openai.com"
 
 # The start commands themselves live in one place: scripts/start_services.sh (CI runs it too).
 HOW_TO_START = "start it with `bash scripts/start_services.sh` (or `docker compose up -d db cache`)"
@@ -38,17 +41,21 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def port_taken(host: str, port: int) -> bool:
-    """Whether another process listens there (checked before anything starts: Hypercorn binds
-    only after the services started, and a crash then would leave the server lease behind)."""
+def bind_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen there (taken, not allowed, not an address of this host),
+    or None. Checked before anything starts: Hypercorn binds only after the app's start-up, and
+    fails then with a traceback (a crash that could leave the server lease behind)."""
+    host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Hypercorn binds
         try:
             sock.bind((host, port))
         except OSError as exc:
-            return exc.errno == errno.EADDRINUSE
-    return False
+            if exc.errno == errno.EADDRINUSE:
+                return "the port is taken (another server running?): stop it or set PORT"
+            return exc.strerror or str(exc)
+    return None
 
 
 def check_services(settings: Settings) -> list[str]:
@@ -68,17 +75,24 @@ def check_services(settings: Settings) -> list[str]:
 def needs_mock_upstream(settings: Settings) -> bool:
     """OpenAI itself cannot answer without a key: then the mock upstream stands in. Another
     base URL is used as given, key or not (vLLM, llama.cpp and Ollama usually need none)."""
-    openai = Settings.model_fields["openai_base_url"].default
-    return not settings.openai_api_key and settings.openai_base_url.rstrip("/") == openai
+    return not settings.openai_api_key and urlsplit(settings.openai_base_url).hostname == OPENAI
 
 
-async def until_stop_signal() -> None:
+async def until_stop_signal(signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
     """Returns at the first SIGINT or SIGTERM (what docker, systemd and Ctrl-C send): Hypercorn
-    then shuts down gracefully (sessions stopped, their answers stored, the lease released)."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            print(f"{signal.Signals(signum).name}: shutting down", flush=True)
-            return
+    then shuts down gracefully (sessions stopped, their answers stored, the lease released).
+    A second signal cancels everything at once."""
+    async for signum in signals:
+        print(f"{signal.Signals(signum).name}: shutting down (again to stop at once)", flush=True)
+        nursery.start_soon(_stop_at_second_signal, signals, nursery.cancel_scope)
+        return
+
+
+async def _stop_at_second_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        print(f"{signal.Signals(signum).name} again: stopping at once", flush=True)
+        scope.cancel()
+        return
 
 
 async def _main(settings: Settings) -> None:
@@ -88,26 +102,33 @@ async def _main(settings: Settings) -> None:
     from scripts.mock_upstream import serve_mock_upstream
     from web.app import create_app
 
-    async with trio.open_nursery() as nursery:
-        if needs_mock_upstream(settings):
-            port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", MOCK_PORT))
-            base_url = f"http://127.0.0.1:{port}/v1"
-            settings = settings.model_copy(update={"openai_base_url": base_url})
-            print(f"OPENAI_API_KEY is not set (and OPENAI_BASE_URL is OpenAI's): answers come "
-                  f"from the mock upstream at {base_url}", flush=True)
-        config = Config()
-        config.bind = [f"{settings.host}:{settings.port}"]
-        config.accesslog = None  # our request log replaces it (and never logs access keys)
-        config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
-        # Frames up to MAX_FRAME_BYTES get a clear too_long error from the chat edge; far
-        # larger ones are not even buffered: Hypercorn closes the socket (1009).
-        config.websocket_max_message_size = max(settings.max_frame_bytes * 16, 1 << 20)
-        config.graceful_timeout = 5
-        app = create_app(settings, tune_gc=True)
-        print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: /docs)",
-              flush=True)
-        await serve(app, config, mode="asgi", shutdown_trigger=until_stop_signal)
-        nursery.cancel_scope.cancel()
+    # Open from the start: a signal during start-up (the lease wait, say) is queued, and the
+    # server shuts down gracefully as soon as it is up, instead of dying half-started.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            if needs_mock_upstream(settings):
+                port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", MOCK_PORT))
+                base_url = f"http://127.0.0.1:{port}/v1"
+                settings = settings.model_copy(update={"openai_base_url": base_url})
+                print(f"OPENAI_API_KEY is not set (and OPENAI_BASE_URL is OpenAI's): answers "
+                      f"come from the mock upstream at {base_url}", flush=True)
+            elif not settings.openai_api_key:
+                print(f"OPENAI_API_KEY is not set: requests to {settings.openai_base_url} carry "
+                      "no key", flush=True)
+            config = Config()
+            config.bind = [f"{settings.host}:{settings.port}"]
+            config.accesslog = None  # our request log replaces it (and never logs access keys)
+            config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
+            # Frames up to MAX_FRAME_BYTES get a clear too_long error from the chat edge; far
+            # larger ones are not even buffered: Hypercorn closes the socket (1009).
+            config.websocket_max_message_size = max(settings.max_frame_bytes * 16, 1 << 20)
+            config.graceful_timeout = 5
+            app = create_app(settings, tune_gc=True)
+            print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: "
+                  "/docs)", flush=True)
+            await serve(app, config, mode="asgi",
+                        shutdown_trigger=partial(until_stop_signal, signals, nursery))
+            nursery.cancel_scope.cancel()
 
 
 def main() -> int:
@@ -124,9 +145,10 @@ def main() -> int:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
         return 3
-    if port_taken(settings.host, settings.port):
-        print(f"error: port {settings.port} is taken on {settings.host} (another server "
-              "running?): stop it or set PORT", file=sys.stderr)
+    problem = bind_problem(settings.host, settings.port)
+    if problem:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {problem}",
+              file=sys.stderr)
         return 5
     from storage.errors import sql_reason
     from storage.migrate import prepare_database
@@ -142,13 +164,15 @@ def main() -> int:
 
     try:
         trio.run(_main, settings)
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # before the signal receiver was open
+        return 130
     except BaseExceptionGroup as group:
-        if group.subgroup((LifespanFailureError, LifespanTimeoutError)) is None:
-            raise
-        print("error: the server did not start (its log above says why)", file=sys.stderr)
-        return 5
+        if group.subgroup((LifespanFailureError, LifespanTimeoutError)) is not None:
+            print("error: the server did not start (its log above says why)", file=sys.stderr)
+            return 5
+        if group.split(KeyboardInterrupt)[1] is None:
+            return 130
+        raise
     return 0
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +68,41 @@ def test_sigterm_shuts_down_gracefully_and_releases_the_lease(db_settings: Setti
         assert "SIGTERM: shutting down" in output
         assert client.exists(lease) == 0  # released by the chat side's shutdown
     finally:
+        client.delete(lease)
+        client.close()
+
+
+def test_a_signal_during_start_up_shuts_down_once_started(db_settings: Settings) -> None:
+    """SIGTERM while start-up waits for a crashed holder's lease: queued, then a graceful stop
+    (it killed the half-started process before, leaving its lease behind)."""
+    lease = db_settings.redis_key_prefix + "server-lease"
+    client = redis.Redis.from_url(db_settings.redis_url)
+    client.set(lease, "crashed pid 1 (test)", px=3000)
+    env = {**os.environ, "CHAT_ENV_FILE": "", "API_ENV": "test", "PORT": str(free_port()),
+           "REDIS_KEY_PREFIX": db_settings.redis_key_prefix, "OPENAI_API_KEY": "sk-test",
+           "DATABASE_URL": str(db_settings.database_url)}
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.serve"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # until the start-up waits for the lease
+            seen.append(line)
+            if "waiting up to" in line:
+                break
+        assert any("waiting up to" in line for line in seen), "".join(seen)
+        proc.send_signal(signal.SIGTERM)
+        output = "".join(seen) + proc.communicate(timeout=30)[0]
+        assert proc.returncode == 0, output[-2000:]
+        assert "SIGTERM: shutting down" in output
+        assert client.exists(lease) == 0
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         client.delete(lease)
         client.close()
 

@@ -128,6 +128,11 @@ def test_a_bad_value_inside_json_names_its_path(clean_env: pytest.MonkeyPatch) -
         load_settings(api_env="test")
 
 
+def test_urls_are_stripped(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OPENAI_BASE_URL", " http://127.0.0.1:11434/v1 ")
+    assert load_settings(api_env="test").openai_base_url == "http://127.0.0.1:11434/v1"
+
+
 def test_database_url_wins_over_parts(clean_env: pytest.MonkeyPatch) -> None:
     url = "mysql+asyncmy://u:p@db:3306/x?charset=utf8mb4"
     assert load_settings(api_env="test", database_url=url).sqlalchemy_url == url
@@ -228,8 +233,8 @@ def test_run_command_says_when_its_port_is_taken() -> None:
         port = taken.getsockname()[1]
         result = run_serve({"HOST": "127.0.0.1", "PORT": str(port)})
     assert result.returncode == 5, result.stderr[-2000:]
-    assert result.stderr.strip() == (f"error: port {port} is taken on 127.0.0.1 (another server "
-                                     "running?): stop it or set PORT")
+    assert result.stderr.strip() == (f"error: cannot listen on 127.0.0.1:{port}: the port is "
+                                     "taken (another server running?): stop it or set PORT")
 
 
 def test_start_services_script_is_what_ci_and_serve_use() -> None:
