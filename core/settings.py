@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from typing import Annotated, Literal
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import SplitResult, quote_plus, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -213,24 +213,24 @@ class Settings(BaseSettings):
         return self.models.get(name, self.unknown_model)
 
 
-def _is_http_url(url: str) -> bool:
+def _http_url(url: str) -> SplitResult | None:
+    """The URL's parts if it is http(s) with a host and a valid port, else None."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+        return None
+    return parts if parts.scheme in ("http", "https") and parts.hostname else None
+
+
+def _is_http_url(url: str) -> bool:
+    return _http_url(url) is not None
 
 
 def _is_origin(origin: str) -> bool:
-    try:
-        parts = urlsplit(origin)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
+    parts = _http_url(origin)
     return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
+        parts is not None
         and parts.path in ("", "/")
         and not (parts.query or parts.fragment or parts.username)
     )
