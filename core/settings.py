@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     @field_validator("openai_base_url", "translator_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
-        if value is not None and not _is_http_url(value):
+        if value is not None and _http_url(value) is None:
             raise ValueError(f"{value!r} is not an http(s) URL: use scheme://host[:port][/path]")
         return value
 
@@ -221,10 +221,6 @@ def _http_url(url: str) -> SplitResult | None:
     except ValueError:
         return None
     return parts if parts.scheme in ("http", "https") and parts.hostname else None
-
-
-def _is_http_url(url: str) -> bool:
-    return _http_url(url) is not None
 
 
 def _is_origin(origin: str) -> bool:

@@ -206,7 +206,7 @@ def test_run_command_stops_when_another_process_serves_the_prefix(db_settings: S
     """Takes one lease time (10 s): a second process waits that long for a crashed holder's."""
     import redis
 
-    from scripts.bench_common import free_port
+    from tests.web.conftest_page import free_port
 
     client = redis.Redis.from_url(db_settings.redis_url)
     key = db_settings.redis_key_prefix + "server-lease"
