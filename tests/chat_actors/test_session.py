@@ -144,20 +144,30 @@ async def test_stopping_a_session_keeps_the_answer_in_progress(chat: Chat) -> No
 
 
 async def test_idle_sweeper_leaves_busy_sessions_alone(chat: Chat, monkeypatch: pytest.MonkeyPatch) -> None:
-    from chat_actors.session import SessionActor
+    """The sweeper nudges only the sessions that look idle: a session with a socket attached
+    gets no ``IdleTick`` at all, while one left alone beside it is nudged and stops."""
+    from chat_actors.session import IdleTick, SessionActor
 
-    calls = 0
-    original = SessionActor._is_idle
+    ticks: dict[int, int] = {}
+    original = SessionActor.handle
 
-    def counting(self: SessionActor) -> bool:
-        nonlocal calls
-        calls += 1
-        return original(self)
+    async def counting(self: SessionActor, msg: object) -> object:
+        if isinstance(msg, IdleTick):
+            ticks[self.key.user_id] = ticks.get(self.key.user_id, 0) + 1
+        return await original(self, msg)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(SessionActor, "_is_idle", counting)
-    await chat.registry.attach(8, "0", Outbox())  # attached: never idle (idle time is 0.5 s)
-    await trio.sleep(2.0)
-    assert calls < 30, f"the session was asked about idleness {calls} times in 2 s"
+    monkeypatch.setattr(SessionActor, "handle", counting)
+    busy_ref = await chat.registry.attach(8, "0", Outbox())  # attached: never idle
+    alone, alone_box = 108, Outbox()
+    alone_ref = await chat.registry.attach(alone, "0", alone_box)
+    await chat.registry.detach(alone_ref, alone_box)
+    with trio.fail_after(5):  # the sweeper ran: the lone session was nudged and stopped
+        while alone_ref.alive:
+            await trio.sleep(0.05)
+    assert ticks.get(alone, 0) >= 1
+    await trio.sleep(0.5)  # a few more sweeps (every 0.125 s), all past the busy one's idle time
+    assert ticks.get(8, 0) == 0, f"the busy session got {ticks[8]} idle ticks"
+    assert busy_ref.alive and len(chat.registry) == 1
 
 
 async def test_a_closed_outbox_does_not_keep_a_session_alive(chat: Chat) -> None:
@@ -188,6 +198,17 @@ async def test_an_empty_answer_is_not_stored(chat: Chat) -> None:
     assert [m.role for m in snap.messages] == ["user"]
 
 
+async def read_until_finish(box: Outbox, timeout: float = 10) -> list[dict[str, object]]:
+    """Every frame up to and including the next finished, non-init one."""
+    seen: list[dict[str, object]] = []
+    with trio.fail_after(timeout):
+        while True:
+            frame = await box.next_frame()
+            seen.append(frame)
+            if frame["finish"] and not frame["init"]:
+                return seen
+
+
 async def test_redis_down_gives_an_error_frame_and_the_session_goes_on(
     db_settings: Settings, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
@@ -204,15 +225,21 @@ async def test_redis_down_gives_an_error_frame_and_the_session_goes_on(
             ref = await chat.registry.attach(11, "0", box)
             await drain(box)
             await chat.registry.send(ref, box, "before")
-            assert await read_answer(box)
+            first = await read_answer(box)
+            assert first == expected_answer([{"role": "user", "content": "before"}], 5)
             await chat.registry.snapshot(11, "0")  # handled after the answer is stored
             redis.kill()
             await chat.registry.send(ref, box, "while down")
-            with trio.fail_after(10):  # deltas may come first: the answer starts meanwhile
-                frame = await box.next_frame()
-                while "error" not in frame:
-                    frame = await box.next_frame()
-            assert frame["error"]["code"] == "storage_unavailable"  # type: ignore[index]
+            down = await read_until_finish(box)
+            *deltas, last = down
+            # The answer may have started streaming while the message was being stored: only
+            # deltas of the right answer, then the error in the terminator's place.
+            assert all(frames.is_delta(f) for f in deltas), down
+            streamed = "".join(str(f["msg"]) for f in deltas)
+            assert expected_answer([{"role": "user", "content": "while down"}], 5).startswith(
+                streamed)
+            assert "error" in last, f"no error in the terminator's place: {down}"
+            assert last["error"]["code"] == "storage_unavailable", down  # type: ignore[index]
             redis.restart()
             with trio.fail_after(10):
                 while True:  # the actor reconnects by itself; wait until it has
@@ -221,9 +248,23 @@ async def test_redis_down_gives_an_error_frame_and_the_session_goes_on(
                         break
                     except StorageError:
                         await trio.sleep(0.1)
+            assert not box.pending, "frames after the error that ended the answer"
             await chat.registry.send(ref, box, "after")
-            assert await read_answer(box)
+            after = await read_until_finish(box)
+            *deltas, last = after
+            assert deltas and all(frames.is_delta(f) for f in deltas), after
+            assert last == frames.terminator_frame("0"), after
+            third = "".join(str(f["msg"]) for f in deltas)
+            assert third == expected_answer([{"role": "user", "content": "after"}], 5)
+            # "while down" and its cut answer were never stored; the restarted Redis lost
+            # everything, so the session rewrote the context from memory with "after".
+            expected = [("user", "before", False), ("assistant", first, False),
+                        ("user", "after", False), ("assistant", third, False)]
             snap = await chat.registry.snapshot(11, "0")
-            assert [m.content for m in snap.messages if m.role == "user"] == ["before", "after"]
+            assert [(m.role, m.content, m.partial) for m in snap.messages] == expected
+            await chat.registry.stop_session(11, "0")  # the next actor reloads from Redis
+            snap = await chat.registry.snapshot(11, "0")
+            assert [(m.role, m.content, m.partial) for m in snap.messages] == expected
+            assert not box.pending
     finally:
         redis.kill()
