@@ -282,10 +282,13 @@ class SessionActor(Actor[SessionMsg]):
     async def _ask(self, msg: UserInput) -> None:
         """Count and check the user message, start answering it, and store it meanwhile: the
         upstream request does not wait for the storage round trip. If storing fails, the answer
-        is cancelled and the socket told; nothing else changed."""
+        is cancelled and its sockets told (the error ends it); nothing else changed."""
         tokens = await count_tokens_async(msg.text, "user", self.profile.model)
         check_message(self.messages, tokens, self.budget)
         user_msg = self._new_message("user", msg.text, tokens)
+        # The other sockets see the question before any frame of its answer.
+        echo = frames.echo_frame(self.key.room, msg.text)
+        self._push((o for o in self._outboxes() if o.id != msg.outbox_id), echo)
         self.start_generation(user_msg)
         try:
             await self._store(append=[user_msg])
@@ -296,9 +299,6 @@ class SessionActor(Actor[SessionMsg]):
                 await self._end_answer(self._error_frame(exc), store=False)
             else:
                 self.send(msg.outbox_id, self._error_frame(exc))
-            return
-        echo = frames.echo_frame(self.key.room, msg.text)
-        self._push((o for o in self._outboxes() if o.id != msg.outbox_id), echo)
 
     def start_generation(self, answering: StoredMessage,
                          replaces: Sequence[StoredMessage] = ()) -> None:

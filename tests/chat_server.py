@@ -140,6 +140,26 @@ class ChatClient:
                 return "".join(parts), frame
             parts.append(frame["msg"])
 
+    async def events(self, answers: int, timeout: float = 15) -> list[tuple[str, str]]:
+        """What this socket saw up to the end of ``answers`` answers, as events: ``("echo",
+        text)``, ``("text", deltas joined)`` (each socket may merge deltas differently),
+        ``("end", msg)`` for a terminator or reply, ``("error", code)``."""
+        seen: list[tuple[str, str]] = []
+        while answers:
+            frame = await self.frame(timeout)
+            if frame.get("is_user"):
+                seen.append(("echo", frame["msg"]))
+            elif not frame["finish"]:
+                if seen and seen[-1][0] == "text":
+                    seen[-1] = ("text", seen[-1][1] + frame["msg"])
+                else:
+                    seen.append(("text", frame["msg"]))
+            else:
+                error = frame.get("error")
+                seen.append(("error", error["code"]) if error else ("end", frame["msg"]))
+                answers -= 1
+        return seen
+
     async def reply(self) -> dict[str, Any]:
         """The next finished, non-echo frame (a command reply or an error)."""
         while True:

@@ -151,16 +151,23 @@ async def test_account_deletion_removes_chat_data(server: ChatServer, user: User
 
 
 async def test_two_sockets_get_identical_frame_sequences(server: ChatServer, user: User) -> None:
-    # Each socket may merge deltas differently; what they read must be the same text and the
-    # same last frame.
+    # Each socket may merge deltas differently; apart from that, the echo that only the other
+    # socket gets and the command reply that only the sender gets, both see the same frames in
+    # the same order.
+    questions = ["same frames?", "and a queued one", "/ping", "a third"]
     async with chat_socket(server, user.access_key) as a, chat_socket(server, user.access_key) as b:
-        await a.send("same frames?")
-        assert (await b.frame())["is_user"] is True
-        seen = []
-        for client in (a, b):
-            text, last = await client.answer()
-            seen.append((text, last["msg"], last.get("error")))
-        assert seen[0] == seen[1] == (expected("same frames?"), "", None)
+        for q in questions:
+            await a.send(q)
+        seen_a, seen_b = await a.events(4), await b.events(3)
+    answers = {q: expected(q) for q in questions if not q.startswith("/")}
+    expected_a = [("text", answers["same frames?"]), ("end", ""),
+                  ("text", answers["and a queued one"]), ("end", ""),
+                  ("end", "pong"),
+                  ("text", answers["a third"]), ("end", "")]
+    assert seen_a == expected_a
+    assert [e for e in seen_b if e[0] != "echo"] == [e for e in expected_a if e != ("end", "pong")]
+    assert [e for e in seen_b if e[0] == "echo"] == [
+        ("echo", q) for q in questions if not q.startswith("/")]
 
 
 async def test_a_deleted_account_gets_no_room_rows_back(server: ChatServer, user: User) -> None:
