@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from collections.abc import Callable
 from importlib.resources import files
 
 import pytest
@@ -99,7 +101,9 @@ async def test_async_variant_matches_and_threads_long_texts() -> None:
         "hi", "user", "gpt-4"
     )
 
-    # The event loop keeps running while a long text is being counted.
+    # The event loop keeps running while a long text is being counted: a task that only
+    # checkpoints gets scheduled again and again before the count returns (counted in the
+    # event loop, it would not run once; after one checkpoint, once).
     ticks = 0
 
     async def ticker() -> None:
@@ -111,10 +115,23 @@ async def test_async_variant_matches_and_threads_long_texts() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ticker)
         await tokens.count_tokens_async(long_text * 4, "user", "gpt-4o")
+        ticks_while_counting = ticks
         nursery.cancel_scope.cancel()
-    assert ticks > 0
+    assert ticks_while_counting >= 10, ticks_while_counting
 
 
-async def test_preload_builds_in_a_thread() -> None:
+async def test_preload_builds_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_cache", {})  # cold: nothing built yet
+    built: dict[str, int] = {}
+    for name, loader in list(tokens._LOADERS.items()):
+        def recording(name: str = name, loader: Callable[[], object] = loader) -> object:
+            built[name] = threading.get_ident()
+            return loader()
+
+        monkeypatch.setitem(tokens._LOADERS, name, recording)
+    assert not tokens.is_loaded("gpt-4") and not tokens.is_loaded("gpt-4o")
     await tokens.preload(["gpt-4", "gpt-4o"])
     assert tokens.is_loaded("gpt-4") and tokens.is_loaded("gpt-4o")
+    assert set(built) == {"cl100k_base", "o200k_base"}
+    assert threading.get_ident() not in built.values(), "built on the event loop's thread"
+    assert tokens.encoding_for("gpt-4o").encode("hello world") == [24912, 2375]
