@@ -1,4 +1,10 @@
-"""``/api/user/apikeys`` and their IP allow-lists (JWT routes; another user's id is 404)."""
+"""``/api/user/apikeys`` and their IP allow-lists (JWT routes; another user's id is 404).
+
+Shaped as the original server's clients call them: lists are plain JSON lists, an allow-list
+entry's address is ``ip_address``, adding an address that is already listed answers the existing
+entry (200, as a new one), a deletion answers ``{"message": "OK"}`` (plus ``id``/``deleted``) and
+may be confirmed with ``?access_key=``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from quart import Blueprint, current_app
 from quart_schema import (
     security_scheme_blueprint,
     tag_blueprint,
+    validate_querystring,
     validate_request,
     validate_response,
 )
@@ -16,12 +23,11 @@ from web.routes_user import current_user, document_errors
 from web.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
-    ApiKeyList,
+    ApiKeyDeleteQuery,
     ApiKeyOut,
     ApiKeyUpdate,
     DeletedOut,
     WhitelistCreate,
-    WhitelistList,
     WhitelistOut,
 )
 from web.services import get_services
@@ -44,6 +50,10 @@ def key_out(key: accounts.ApiKeyRecord) -> ApiKeyOut:
     )
 
 
+def whitelist_out(row: accounts.WhitelistRecord) -> WhitelistOut:
+    return WhitelistOut(id=row.id, ip_address=row.ip_addr, created_at=row.created_at)
+
+
 def _key_not_found() -> ApiError:
     return ApiError(404, "api_key_not_found", "No such API key.")
 
@@ -53,12 +63,12 @@ def _sql() -> accounts.UnitRunner:
 
 
 @bp.get("")
-@validate_response(ApiKeyList)
+@validate_response(list[ApiKeyOut])
 @document_errors()
-async def list_keys() -> ApiKeyList:
-    """The user's API keys (secrets are never listed)."""
+async def list_keys() -> list[ApiKeyOut]:
+    """The user's API keys, a JSON list (secrets are never listed)."""
     keys = await accounts.list_api_keys(_sql(), current_user().id)
-    return ApiKeyList(api_keys=[key_out(k) for k in keys])
+    return [key_out(k) for k in keys]
 
 
 @bp.post("")
@@ -90,44 +100,62 @@ async def update_key(key_id: int, data: ApiKeyUpdate) -> ApiKeyOut:
 
 
 @bp.delete(f"/<{ID}:key_id>")
+@validate_querystring(ApiKeyDeleteQuery)
 @validate_response(DeletedOut)
-@document_errors(404)
-async def delete_key(key_id: int) -> DeletedOut:
-    """Delete an API key: it stops authenticating at once."""
-    if not await accounts.delete_api_key(_sql(), current_user().id, key_id):
+@document_errors(404, 422)
+async def delete_key(key_id: int, query_args: ApiKeyDeleteQuery) -> DeletedOut:
+    """Delete an API key: it stops authenticating at once. With ``?access_key=`` (as the
+    original server required), a key whose access key differs is not deleted (404)."""
+    user_id = current_user().id
+    if query_args.access_key is not None:
+        keys = await accounts.list_api_keys(_sql(), user_id)
+        if not any(k.id == key_id and k.access_key == query_args.access_key for k in keys):
+            raise _key_not_found()
+    if not await accounts.delete_api_key(_sql(), user_id, key_id):
         raise _key_not_found()
     return DeletedOut(id=key_id)
 
 
 @bp.get(f"/<{ID}:key_id>/whitelists")
-@validate_response(WhitelistList)
+@validate_response(list[WhitelistOut])
 @document_errors(404)
-async def list_whitelists(key_id: int) -> WhitelistList:
-    """The key's IP allow-list (empty: any IP may use the key)."""
+async def list_whitelists(key_id: int) -> list[WhitelistOut]:
+    """The key's IP allow-list, a JSON list (empty: any IP may use the key)."""
     rows = await accounts.list_whitelists(_sql(), current_user().id, key_id)
     if rows is None:
         raise _key_not_found()
-    return WhitelistList(
-        whitelists=[WhitelistOut(id=r.id, ip_addr=r.ip_addr, created_at=r.created_at) for r in rows]
-    )
+    return [whitelist_out(r) for r in rows]
+
+
+async def _listed(user_id: int, key_id: int, ip_address: str) -> accounts.WhitelistRecord | None:
+    rows = await accounts.list_whitelists(_sql(), user_id, key_id)
+    return next((r for r in rows or () if r.ip_addr == ip_address), None)
 
 
 @bp.post(f"/<{ID}:key_id>/whitelists")
 @validate_request(WhitelistCreate)
-@validate_response(WhitelistOut, 201)
-@document_errors(400, 404, 422)
-async def add_whitelist(key_id: int, data: WhitelistCreate) -> tuple[WhitelistOut, int]:
-    """Allow an IPv4/IPv6 address or CIDR range to use the key."""
+@validate_response(WhitelistOut, 200)
+@document_errors(400, 404, 409, 422)
+async def add_whitelist(key_id: int, data: WhitelistCreate) -> WhitelistOut:
+    """Allow an IPv4/IPv6 address or CIDR range to use the key. An address already listed
+    answers its existing entry."""
     limit = get_services(current_app).settings.max_whitelists_per_key
+    user_id = current_user().id
     try:
-        row = await accounts.add_whitelist(_sql(), current_user().id, key_id, data.ip_addr, limit)
+        row = await accounts.add_whitelist(_sql(), user_id, key_id, data.ip_address, limit)
     except StorageConflict:
-        raise ApiError(400, "whitelist_exists", "This address is already listed.") from None
+        existing = await _listed(user_id, key_id, data.ip_address)
+        if existing is None:  # deleted again in between: the caller may simply retry
+            raise ApiError(409, "conflict", "The allow-list changed meanwhile.") from None
+        return whitelist_out(existing)
     if row == "not_found":
         raise _key_not_found()
     if row == "limit":
+        existing = await _listed(user_id, key_id, data.ip_address)
+        if existing is not None:
+            return whitelist_out(existing)
         raise ApiError(400, "max_whitelists", f"At most {limit} entries per key.", {"max": limit})
-    return WhitelistOut(id=row.id, ip_addr=row.ip_addr, created_at=row.created_at), 201
+    return whitelist_out(row)
 
 
 @bp.delete(f"/<{ID}:key_id>/whitelists/<{ID}:list_id>")

@@ -1,4 +1,6 @@
-"""``POST /api/auth/register/{sns_type}`` and ``POST /api/auth/login/{sns_type}``.
+"""``POST /api/auth/register/{sns_type}``, ``POST /api/auth/login/{sns_type}``, ``POST
+/api/auth/logout`` and the original server's ``DELETE /api/auth/register`` (delete the signed-in
+account: JWT required, 204).
 
 Only ``email`` is supported; the other known types (facebook, google, kakao) answer 400
 ``sns_not_supported``, anything else 400 ``sns_type_invalid``. Both routes answer
@@ -9,15 +11,17 @@ Only ``email`` is supported; the other known types (facebook, google, kakao) ans
 from __future__ import annotations
 
 from quart import Blueprint, Response, current_app, jsonify, request
-from quart_schema import document_response, tag, validate_request
+from quart_schema import document_response, security_scheme, tag, validate_request
 
 from core.errors import ApiError, StorageConflict
 from core.settings import Settings
 from storage import accounts
+from web.access_control import load_active_user
 from web.errors import ErrorBody
-from web.jwt_tokens import bearer_value, issue_token
+from web.jwt_tokens import bearer_value, decode_token, issue_token, strip_bearer
+from web.routes_user import delete_account
 from web.schemas import Credentials, LoggedOut, TokenOut
-from web.services import get_services
+from web.services import Services, get_services
 from web.state import state_of
 from web.user_status import check_user_status
 
@@ -102,3 +106,28 @@ async def logout() -> Response:
     response.delete_cookie("Authorization", path="/", secure=get_services(current_app).settings
                            .cookie_secure, httponly=True, samesite="Lax")
     return response
+
+
+async def _signed_in_user(services: Services) -> accounts.UserRecord:
+    """``/api/auth/*`` is public to access control: this route checks the JWT itself."""
+    sent = request.headers.get("Authorization") or request.cookies.get("Authorization")
+    token = strip_bearer(sent) if sent else ""
+    if not token:
+        raise ApiError(401, "not_authenticated", "A bearer token is required.")
+    user = await load_active_user(services, decode_token(services.settings, token))
+    state = state_of(request.scope)
+    state.user_id, state.email = user.id, user.email
+    return user
+
+
+@bp.delete("/register")
+@tag(["auth"])
+@security_scheme([{"bearer": []}, {"cookie": []}])
+@document_response(ErrorBody, 401)
+@document_response(ErrorBody, 403)
+async def unregister() -> Response:
+    """Delete the signed-in account, as ``DELETE /api/user/me`` does; 204 without a body."""
+    services = get_services(current_app)
+    user = await _signed_in_user(services)
+    await delete_account(services, user.id)
+    return Response(b"", 204)  # a bytes body: an empty iterable needs asyncio to stream

@@ -18,7 +18,7 @@ from quart_schema import (
 from storage import accounts
 from web.errors import ErrorBody
 from web.schemas import DeletedOut, UserOut, UserUpdate
-from web.services import get_services
+from web.services import Services, get_services
 
 bp = Blueprint("user", __name__, url_prefix="/api/user")
 tag_blueprint(bp, ["user"])
@@ -89,9 +89,14 @@ async def delete_me() -> DeletedOut:
     """Delete the account: marked deleted, personal data scrubbed, API keys disabled and chat
     room rows deleted (one transaction), then every ``Services.user_deleted_hooks`` hook called
     (the chat side removes the user's chat data from Redis)."""
-    services = get_services(current_app)
     user_id = current_user().id
+    await delete_account(get_services(current_app), user_id)
+    return DeletedOut(id=user_id)
+
+
+async def delete_account(services: Services, user_id: int) -> None:
+    """What ``DELETE /api/user/me`` and the original's ``DELETE /api/auth/register`` do."""
     await accounts.delete_user(services.storage.sql, user_id)
+    services.key_cache.clear()  # the keys stop working now, not at the cache's TTL
     for hook in services.user_deleted_hooks:
         await hook(services, user_id)
-    return DeletedOut(id=user_id)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Literal
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from core.networks import parse_network
 
@@ -64,6 +64,7 @@ class UserUpdate(Strict):
 class DeletedOut(BaseModel):
     id: int
     deleted: bool = True
+    message: str = Field(default="OK", description="As the original server answered a deletion.")
 
 
 # ---- API keys ----------------------------------------------------------------------------
@@ -82,12 +83,16 @@ class ApiKeyCreated(ApiKeyOut):
     secret_key: str = Field(description="Shown only in this response: store it now.")
 
 
-class ApiKeyList(BaseModel):
-    api_keys: list[ApiKeyOut]
-
-
 class ApiKeyCreate(Strict):
     user_memo: str | None = Field(default=None, max_length=255)
+
+
+class ApiKeyDeleteQuery(BaseModel):
+    """The original server's clients confirm a deletion with the key's access key."""
+
+    access_key: str | None = Field(
+        default=None, max_length=64, description="When given, it must be the key's access key."
+    )
 
 
 class ApiKeyUpdate(Strict):
@@ -100,18 +105,21 @@ class ApiKeyUpdate(Strict):
 
 class WhitelistOut(BaseModel):
     id: int
-    ip_addr: str
+    ip_address: str
     created_at: datetime
 
 
-class WhitelistList(BaseModel):
-    whitelists: list[WhitelistOut]
-
-
 class WhitelistCreate(Strict):
-    ip_addr: str = Field(max_length=64, examples=["203.0.113.7", "10.0.0.0/8", "2001:db8::/32"])
+    """``ip_address`` as the original server named it; ``ip_addr`` (this server's first name for
+    it) is still accepted, one or the other."""
 
-    @field_validator("ip_addr")
+    ip_address: str = Field(
+        max_length=64,
+        examples=["203.0.113.7", "10.0.0.0/8", "2001:db8::/32"],
+        validation_alias=AliasChoices("ip_address", "ip_addr"),
+    )
+
+    @field_validator("ip_address")
     @classmethod
     def _valid_ip(cls, value: str) -> str:
         """An IPv4/IPv6 address or CIDR range (no zone id), stored in canonical form."""

@@ -13,8 +13,9 @@ import trio
 
 from core.errors import ApiError
 from core.settings import Settings
+from scripts.hmac_sign import sign_query
 from storage import accounts
-from tests.web.conftest import PASSWORD, Client, bearer, error_code, register
+from tests.web.conftest import PASSWORD, Client, bearer, error_code, new_key, register
 from web.jwt_tokens import issue_token
 from web.services import get_services
 from web.user_status import Context, check_user_status
@@ -205,3 +206,26 @@ async def test_logout_expires_the_cookie(client: Client) -> None:
     assert r.status_code == 200 and (await r.get_json()) == {"logged_out": True}
     cookie = r.headers["Set-Cookie"]
     assert cookie.startswith("Authorization=;") and "Max-Age=0" in cookie
+
+
+async def test_unregister_as_the_original_server(client: Client, test_app: object) -> None:
+    """``DELETE /api/auth/register``: the original's way to delete the signed-in account."""
+    token = await register(client, "leaving@example.com")
+    key = await new_key(client, token)
+    query, headers = sign_query(str(key["access_key"]), str(key["secret_key"]))
+    assert (await client.get(f"/api/services/?{query}", headers=headers)).status_code == 200
+    anonymous = Client(test_app.test_client())  # type: ignore[attr-defined]
+    refused = await anonymous.delete("/api/auth/register")
+    assert refused.status_code == 401 and await error_code(refused) == "not_authenticated"
+    forged = await anonymous.delete("/api/auth/register", headers=bearer("Bearer not.a.jwt"))
+    assert forged.status_code == 401 and await error_code(forged) == "invalid_token"
+
+    r = await client.delete("/api/auth/register", headers=bearer(token))
+    assert r.status_code == 204 and await r.get_data() == b""
+    again = await client.get("/api/user/me", headers=bearer(token))
+    assert again.status_code == 401 and await error_code(again) == "user_deleted"
+    query, headers = sign_query(str(key["access_key"]), str(key["secret_key"]))
+    assert (await client.get(f"/api/services/?{query}", headers=headers)).status_code == 403
+    login = await client.post("/api/auth/login/email",
+                              json={"email": "leaving@example.com", "password": PASSWORD})
+    assert login.status_code == 401

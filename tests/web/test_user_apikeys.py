@@ -71,7 +71,8 @@ async def test_delete_me(web_settings: Settings, redis_actor: object) -> None:
         await sql.run(add_room)
         assert await sql.run(count_rooms) == 1
         r = await client.delete("/api/user/me", headers=bearer(token))
-        assert r.status_code == 200 and (await r.get_json()) == {"id": me["id"], "deleted": True}
+        assert r.status_code == 200
+        assert (await r.get_json()) == {"id": me["id"], "deleted": True, "message": "OK"}
         assert deleted == [me["id"]]
         assert await sql.run(count_rooms) == 0  # the rooms' rows went with the account
         again = await client.get("/api/user/me", headers=bearer(token))
@@ -94,8 +95,8 @@ async def test_api_key_lifecycle(client: Client) -> None:
     assert set(created) >= {"id", "access_key", "secret_key", "user_memo", "status", "is_whitelisted"}
     assert created["status"] == "active" and created["user_memo"] == "my laptop"
     listed = await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json()
-    assert [k["id"] for k in listed["api_keys"]] == [created["id"]]
-    assert "secret_key" not in listed["api_keys"][0]  # shown only once
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert "secret_key" not in listed[0]  # shown only once
     key_id = created["id"]
     r = await client.put(f"/api/user/apikeys/{key_id}", json={"user_memo": "renamed", "status": "disabled"}, headers=bearer(token))
     assert r.status_code == 200
@@ -104,11 +105,11 @@ async def test_api_key_lifecycle(client: Client) -> None:
     bad = await client.put(f"/api/user/apikeys/{key_id}", json={"status": "deleted"}, headers=bearer(token))
     assert bad.status_code == 422 and (await bad.get_json())["detail"][0]["field"] == "status"
     r = await client.delete(f"/api/user/apikeys/{key_id}", headers=bearer(token))
-    assert r.status_code == 200
+    assert r.status_code == 200 and (await r.get_json())["message"] == "OK"
     gone = await client.delete(f"/api/user/apikeys/{key_id}", headers=bearer(token))
     assert gone.status_code == 404 and await error_code(gone) == "api_key_not_found"
     listed = await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json()
-    assert listed["api_keys"] == []
+    assert listed == []
 
 
 async def test_key_limit_and_ten_concurrent_creations(client: Client, web_settings: Settings) -> None:
@@ -127,7 +128,7 @@ async def test_key_limit_and_ten_concurrent_creations(client: Client, web_settin
     limit = web_settings.max_api_keys_per_user
     assert sorted(statuses) == [201] * limit + [400] * (10 - limit)
     listed = await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json()
-    assert len(listed["api_keys"]) == limit
+    assert len(listed) == limit
 
 
 async def test_ownership_is_404(client: Client, test_app: object) -> None:
@@ -136,23 +137,23 @@ async def test_ownership_is_404(client: Client, test_app: object) -> None:
     bob = await register(bob_client, "bob@example.com")
     alice_key = await new_key(client, alice)
     key_id = alice_key["id"]
-    entry = await client.post(f"/api/user/apikeys/{key_id}/whitelists", json={"ip_addr": "10.1.2.3"}, headers=bearer(alice))
+    entry = await client.post(f"/api/user/apikeys/{key_id}/whitelists", json={"ip_address": "10.1.2.3"}, headers=bearer(alice))
     list_id = (await entry.get_json())["id"]
     for method, path, body in [
         ("PUT", f"/api/user/apikeys/{key_id}", {"user_memo": "mine now"}),
         ("DELETE", f"/api/user/apikeys/{key_id}", None),
         ("GET", f"/api/user/apikeys/{key_id}/whitelists", None),
-        ("POST", f"/api/user/apikeys/{key_id}/whitelists", {"ip_addr": "1.1.1.1"}),
+        ("POST", f"/api/user/apikeys/{key_id}/whitelists", {"ip_address": "1.1.1.1"}),
         ("DELETE", f"/api/user/apikeys/{key_id}/whitelists/{list_id}", None),
     ]:
         kwargs = {"json": body} if body is not None else {}
         r = await bob_client.request(method, path, headers=bearer(bob), **kwargs)
         assert r.status_code == 404, (method, path)
     listed = await (await bob_client.get("/api/user/apikeys", headers=bearer(bob))).get_json()
-    assert listed["api_keys"] == []
+    assert listed == []
     # alice's key and entry are untouched
     entries = await (await client.get(f"/api/user/apikeys/{key_id}/whitelists", headers=bearer(alice))).get_json()
-    assert [e["ip_addr"] for e in entries["whitelists"]] == ["10.1.2.3"]
+    assert [e["ip_address"] for e in entries] == ["10.1.2.3"]
 
 
 async def test_whitelists(client: Client, web_settings: Settings) -> None:
@@ -165,32 +166,36 @@ async def test_whitelists(client: Client, web_settings: Settings) -> None:
                        ("2001:db8::/32", "2001:db8::/32"),
                        ("::ffff:203.0.113.8", "203.0.113.8"),  # IPv4-mapped: stored as IPv4
                        ("::ffff:198.51.100.0/120", "198.51.100.0/24")]:
-        r = await client.post(path, json={"ip_addr": ip}, headers=bearer(token))
-        assert r.status_code == 201, ip
+        r = await client.post(path, json={"ip_address": ip}, headers=bearer(token))
+        assert r.status_code == 200, ip
         body = await r.get_json()
-        assert body["ip_addr"] == stored
+        assert body["ip_address"] == stored
         ok.append(body["id"])
     for bad in ["300.1.1.1", "example.com", "10.0.0.0/33", "", "1.2.3.4/abc", "fe80::1%eth0",
                 "fe80::%eth0/64"]:
-        r = await client.post(path, json={"ip_addr": bad}, headers=bearer(token))
-        assert r.status_code == 422 and (await r.get_json())["detail"][0]["field"] == "ip_addr", bad
-    dup = await client.post(path, json={"ip_addr": "203.0.113.7"}, headers=bearer(token))
-    assert dup.status_code == 400 and await error_code(dup) == "whitelist_exists"
-    key = (await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json())["api_keys"][0]
+        r = await client.post(path, json={"ip_address": bad}, headers=bearer(token))
+        assert r.status_code == 422, bad
+        assert (await r.get_json())["detail"][0]["field"] == "ip_address", bad
+    # already listed: the existing entry again (as the original server did), not a second one
+    dup = await client.post(path, json={"ip_address": "203.0.113.7"}, headers=bearer(token))
+    assert dup.status_code == 200 and (await dup.get_json())["id"] == ok[0]
+    key = (await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json())[0]
     assert key["is_whitelisted"] is True
     for i in range(web_settings.max_whitelists_per_key - len(ok)):
-        r = await client.post(path, json={"ip_addr": f"198.51.100.{i}"}, headers=bearer(token))
-        assert r.status_code == 201
-    over = await client.post(path, json={"ip_addr": "198.51.100.200"}, headers=bearer(token))
-    assert over.status_code == 400 and await error_code(over) == "max_whitelists"
-    listed = await (await client.get(path, headers=bearer(token))).get_json()
-    assert len(listed["whitelists"]) == web_settings.max_whitelists_per_key
-    for entry in listed["whitelists"]:
-        r = await client.delete(f"{path}/{entry['id']}", headers=bearer(token))
+        r = await client.post(path, json={"ip_address": f"198.51.100.{i}"}, headers=bearer(token))
         assert r.status_code == 200
+    over = await client.post(path, json={"ip_address": "198.51.100.200"}, headers=bearer(token))
+    assert over.status_code == 400 and await error_code(over) == "max_whitelists"
+    full_dup = await client.post(path, json={"ip_address": "10.0.0.0/8"}, headers=bearer(token))
+    assert full_dup.status_code == 200 and (await full_dup.get_json())["id"] == ok[1]
+    listed = await (await client.get(path, headers=bearer(token))).get_json()
+    assert len(listed) == web_settings.max_whitelists_per_key
+    for entry in listed:
+        r = await client.delete(f"{path}/{entry['id']}", headers=bearer(token))
+        assert r.status_code == 200 and (await r.get_json())["message"] == "OK"
     missing = await client.delete(f"{path}/{ok[0]}", headers=bearer(token))
     assert missing.status_code == 404 and await error_code(missing) == "whitelist_not_found"
-    key = (await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json())["api_keys"][0]
+    key = (await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json())[0]
     assert key["is_whitelisted"] is False
 
 
@@ -202,3 +207,64 @@ async def test_unknown_ids_and_routes(client: Client) -> None:
     assert r.status_code == 404 and await error_code(r) == "not_found"
     r = await client.request("PATCH", "/api/user/me", headers=bearer(token))
     assert r.status_code == 405 and await error_code(r) == "method_not_allowed"
+
+
+async def test_shapes_the_original_servers_clients_read(client: Client) -> None:
+    """As c0sogi/LLMChat answered: plain lists, ``ip_address``, ``{"message": "OK"}``."""
+    token = await register(client, "original@example.com")
+    key = await new_key(client, token, "TESTING")
+    listed = await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json()
+    assert isinstance(listed, list) and listed[0]["user_memo"] == "TESTING"
+    path = f"/api/user/apikeys/{key['id']}/whitelists"
+    added = await client.post(path, json={"ip_address": "192.0.2.1"}, headers=bearer(token))
+    assert added.status_code == 200, await added.get_data(as_text=True)
+    entry = await added.get_json()
+    assert entry["ip_address"] == "192.0.2.1" and isinstance(entry["id"], int)
+    legacy = await client.post(path, json={"ip_addr": "192.0.2.2"}, headers=bearer(token))
+    assert legacy.status_code == 200 and (await legacy.get_json())["ip_address"] == "192.0.2.2"
+    both = await client.post(path, json={"ip_address": "192.0.2.3", "ip_addr": "192.0.2.4"},
+                             headers=bearer(token))
+    assert both.status_code == 422 and await error_code(both) == "validation_error"
+    entries = await (await client.get(path, headers=bearer(token))).get_json()
+    assert [e["ip_address"] for e in entries] == ["192.0.2.1", "192.0.2.2"]
+    removed = await client.delete(f"{path}/{entry['id']}", headers=bearer(token))
+    assert (await removed.get_json())["message"] == "OK"
+    # the original's clients confirm a key's deletion with its access key
+    wrong = await client.delete(f"/api/user/apikeys/{key['id']}?access_key=not-this-one",
+                                headers=bearer(token))
+    assert wrong.status_code == 404 and await error_code(wrong) == "api_key_not_found"
+    gone = await client.delete(f"/api/user/apikeys/{key['id']}?access_key={key['access_key']}",
+                               headers=bearer(token))
+    assert gone.status_code == 200 and (await gone.get_json())["message"] == "OK"
+    assert await (await client.get("/api/user/apikeys", headers=bearer(token))).get_json() == []
+
+
+async def test_openapi_documents_the_same_shapes(client: Client) -> None:
+    spec = await (await client.get("/openapi.json")).get_json()
+    paths = spec["paths"]
+
+    def schema(ref_or_schema: dict[str, object]) -> dict[str, object]:
+        ref = ref_or_schema.get("$ref")
+        if isinstance(ref, str):
+            found: dict[str, object] = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            return found
+        return ref_or_schema
+
+    def ok_body(path: str, method: str, status: str = "200") -> dict[str, object]:
+        content = paths[path][method]["responses"][status]["content"]
+        return schema(content["application/json"]["schema"])
+
+    keys = ok_body("/api/user/apikeys", "get")
+    assert keys["type"] == "array"
+    whitelist_path = "/api/user/apikeys/{key_id}/whitelists"
+    entries = ok_body(whitelist_path, "get")
+    assert entries["type"] == "array"
+    entry = schema(entries["items"])  # type: ignore[arg-type]
+    assert "ip_address" in entry["properties"] and "ip_addr" not in entry["properties"]  # type: ignore[operator]
+    assert "ip_address" in ok_body(whitelist_path, "post")["properties"]  # type: ignore[operator]
+    create = schema(paths[whitelist_path]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    assert create["required"] == ["ip_address"]
+    delete_params = paths["/api/user/apikeys/{key_id}"]["delete"]["parameters"]
+    assert "access_key" in {p["name"] for p in delete_params}
+    assert "message" in ok_body("/api/user/apikeys/{key_id}", "delete")["properties"]  # type: ignore[operator]
+    assert "delete" in paths["/api/auth/register"]

@@ -109,8 +109,8 @@ const enc = encodeURIComponent;
 
 export const keys = {
   async list() {
-    const data = await request('GET', '/api/user/apikeys');
-    return Array.isArray(data) ? data : (data && (data.api_keys || data.items)) || [];
+    const data = await request('GET', '/api/user/apikeys'); // a plain JSON list of keys
+    return Array.isArray(data) ? data : [];
   },
   create(userMemo) {
     return request('POST', '/api/user/apikeys', { user_memo: userMemo });
