@@ -61,48 +61,62 @@ async def test_redis_down_fails_fast_then_recovers(own_redis: Server) -> None:
 
 async def test_redis_killed_under_load_every_caller_gets_an_answer(own_redis: Server) -> None:
     url = f"redis://127.0.0.1:{own_redis.port}/0"
+    call_bound = 10.0  # the actor's timeout is 2 s: an answer later than this is a hang
     async with open_redis_actor(url, prefix="fault:", timeout=2.0) as r:
         outcomes: list[tuple[float, str]] = []  # (when the answer came, ok / down)
+        values: dict[int, list[tuple[float, int]]] = {i: [] for i in range(50)}  # INCRBY results
         last: dict[int, str] = {}  # each caller's final outcome
-        calls = 0
+        hung: list[tuple[int, float]] = []  # (caller, when its call was sent)
         stop = trio.Event()
 
         async def caller(i: int) -> None:
-            nonlocal calls
             while not stop.is_set():
-                calls += 1
-                try:
-                    await r.execute("INCR", r.key("n", i % 10))
-                    kind = "ok"
-                except StorageUnavailable:
-                    kind = "down"
+                sent = trio.current_time()
+                kind = "hung"
+                with trio.move_on_after(call_bound):
+                    try:
+                        value = await r.execute("INCRBY", r.key("n", i), i + 1)
+                        values[i].append((trio.current_time(), value))
+                        kind = "ok"
+                    except StorageUnavailable:
+                        kind = "down"
+                if kind == "hung":
+                    hung.append((i, sent))
+                    return
                 outcomes.append((trio.current_time(), kind))
                 last[i] = kind
                 await trio.sleep(0.01)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(50):
-                nursery.start_soon(caller, i)
-            await trio.sleep(0.1)
-            kill_started = trio.current_time()  # answers from here on may already be "down"
-            await trio.to_thread.run_sync(own_redis.kill)
-            killed_at = trio.current_time()
-            await trio.sleep(0.2)  # callers keep calling while Redis is down
-            await trio.to_thread.run_sync(own_redis.start)
-            restarted_at = trio.current_time()
-            await trio.sleep(0.4)
-            stop.set()
-        assert len(outcomes) == calls  # every call got an answer, none hung
+        with trio.fail_after(call_bound + 30):  # kill, restart and wind-down: generous
+            async with trio.open_nursery() as nursery:
+                for i in range(50):
+                    nursery.start_soon(caller, i)
+                await trio.sleep(0.1)
+                kill_started = trio.current_time()  # answers from here on may be "down"
+                await trio.to_thread.run_sync(own_redis.kill)
+                killed_at = trio.current_time()
+                await trio.sleep(0.2)  # callers keep calling while Redis is down
+                await trio.to_thread.run_sync(own_redis.start)
+                restarted_at = trio.current_time()
+                await trio.sleep(0.4)
+                stop.set()
+        assert not hung, f"calls with no answer within {call_bound} s: {hung}"
         before = [kind for t, kind in outcomes if t < kill_started]
         down = [kind for t, kind in outcomes if killed_at <= t < restarted_at]
         after = [kind for t, kind in outcomes if t >= restarted_at]
         assert before and set(before) == {"ok"}
         # while down: StorageUnavailable (a few "ok" at the edges: answers already on their way
         # when the kill landed, and calls that reached the server as it came back)
-        assert down.count("down") > len(down) // 2
+        assert down and down.count("down") > len(down) // 2
         # after the restart, with no manual reconnect: calls succeed again, for every caller
-        assert after.count("ok") > len(after) * 0.9
+        assert after and after.count("ok") > len(after) * 0.9
         assert set(last.values()) == {"ok"} and len(last) == 50
+        for i, got in values.items():
+            # Each caller got its own counter's values (caller i counts in steps of i + 1) on
+            # the first Redis, and Redis (restarted empty) holds the value of its last answer.
+            first_run = [v for t, v in got if t < kill_started]
+            assert first_run == [(i + 1) * k for k in range(1, len(first_run) + 1)], (i, got)
+            assert await r.execute("GET", r.key("n", i)) == str(got[-1][1]), (i, got)
         assert await r.execute("ECHO", "back") == "back"
 
 
