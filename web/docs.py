@@ -2,11 +2,14 @@
 
 quart-schema's pages load Swagger UI from a CDN by default; here the Swagger UI files come from
 the ``swagger-ui-bundle-v2`` wheel and are served under ``/docs-assets/``. The redoc and scalar
-pages (CDN only) are switched off.
+pages (CDN only) are switched off. ``/docs`` is our own page, a whole HTML document (doctype,
+``<html>``, ``<head>`` with charset and title): quart-schema's template starts at ``<head>``,
+which puts browsers in quirks mode.
 """
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +28,8 @@ except ImportError:  # pragma: no cover - the docs page then needs the CDN
 ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"})
 _TYPES = {"js": "text/javascript", "css": "text/css", "png": "image/png"}
 _cache: dict[str, bytes] = {}
-
+TITLE = "Trio chat server"
+OPENAPI_PATH = "/openapi.json"
 
 
 @dataclass
@@ -78,21 +82,60 @@ async def docs_asset(name: str) -> Response:
     return response
 
 
+def docs_page(js_url: str, css_url: str) -> str:
+    """The Swagger UI page: a complete HTML document (standards mode)."""
+    title, js, css = (html.escape(v, quote=True) for v in (TITLE, js_url, css_url))
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>{title} - API docs</title>
+  <link rel="stylesheet" type="text/css" href="{css}">
+  <link rel="icon" type="image/png" href="/docs-assets/favicon-32x32.png">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{js}"></script>
+  <script>
+    SwaggerUIBundle({{
+      url: "{OPENAPI_PATH}",
+      dom_id: "#swagger-ui",
+      deepLinking: true,
+      layout: "BaseLayout",
+      presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+      showExtensions: true,
+      showCommonExtensions: true
+    }});
+  </script>
+</body>
+</html>
+"""
+
+
 def install_docs(app: Quart) -> QuartSchema:
     if SWAGGER_DIR is not None:
         app.config["QUART_SCHEMA_SWAGGER_JS_URL"] = "/docs-assets/swagger-ui-bundle.js"
         app.config["QUART_SCHEMA_SWAGGER_CSS_URL"] = "/docs-assets/swagger-ui.css"
     app.register_blueprint(assets_bp)
+
+    @app.get("/docs")
+    @hide
+    async def docs() -> Response:
+        page = docs_page(app.config["QUART_SCHEMA_SWAGGER_JS_URL"],
+                         app.config["QUART_SCHEMA_SWAGGER_CSS_URL"])
+        return Response(page.encode(), content_type="text/html; charset=utf-8")
+
     return QuartSchema(
         app,
         info={
-            "title": "Trio chat server",
+            "title": TITLE,
             "version": "1.0.0",
             "description": "Users, API keys and HMAC-signed service calls. Errors are always "
             '{"status", "msg", "detail", "code"}.',
         },
-        openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        openapi_path=OPENAPI_PATH,
+        swagger_ui_path=None,  # /docs is ``docs_page``
         redoc_ui_path=None,
         scalar_ui_path=None,
         security_schemes=dict(SECURITY_SCHEMES),

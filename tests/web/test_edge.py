@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from html.parser import HTMLParser
 
 import pytest
 
@@ -99,6 +100,41 @@ async def test_docs_render_offline(client: Client) -> None:
                  "/api/user/apikeys", "/api/user/apikeys/{key_id}", "/api/user/apikeys/{key_id}/whitelists",
                  "/api/user/apikeys/{key_id}/whitelists/{list_id}", "/api/services/", "/health", "/health/ready"]:
         assert path in spec["paths"], path
+
+
+class _Outline(HTMLParser):
+    """The start tags of a page, in order, and its declarations (``<!DOCTYPE ...>``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.declarations: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_decl(self, decl: str) -> None:
+        self.declarations.append(decl)
+
+
+async def test_docs_is_a_whole_html_document(client: Client) -> None:
+    """Not a fragment starting at ``<head>``: browsers render that in quirks mode."""
+    r = await client.get("/docs")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "text/html; charset=utf-8"
+    text = await r.get_data(as_text=True)
+    assert text.startswith("<!DOCTYPE html>")
+    outline = _Outline()
+    outline.feed(text)
+    assert [d.lower() for d in outline.declarations] == ["doctype html"]
+    names = [tag for tag, _ in outline.tags]
+    assert names[:2] == ["html", "head"] and names.count("html") == 1
+    assert outline.tags[0][1].get("lang") == "en"
+    assert "body" in names
+    head = outline.tags[names.index("head"):names.index("body")]
+    assert ("meta", {"charset": "utf-8"}) in head and "title" in [tag for tag, _ in head]
+    assert "<title>Trio chat server" in text
+    assert text.rstrip().endswith("</html>") and "</head>" in text and "</body>" in text
+    assert 'url: "/openapi.json"' in text
 
 
 def test_path_classes() -> None:
