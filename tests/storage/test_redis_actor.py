@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import pytest
 import trio
@@ -182,9 +183,11 @@ async def test_random_deadlines_never_mix_up_answers(redis_actor: RedisActor) ->
     rng = random.Random(11)
     r = redis_actor
     wrong: list[object] = []
+    answered: list[int] = []
+    hung: list[int] = []
 
-    async def one(i: int, deadline: float) -> None:
-        with trio.move_on_after(deadline):
+    async def one(i: int, deadline: float, *, must_answer: bool = False) -> None:
+        with trio.move_on_after(deadline) as scope:
             if i % 10 == 0:
                 got = await r.blocking("BLPOP", r.key("never", i), 0.05)
                 if got is not None:
@@ -193,13 +196,21 @@ async def test_random_deadlines_never_mix_up_answers(redis_actor: RedisActor) ->
                 got = await r.execute("ECHO", f"v{i}")
                 if got != f"v{i}":
                     wrong.append(got)
+            answered.append(i)
+        if must_answer and scope.cancelled_caught:
+            hung.append(i)
 
     async with trio.open_nursery() as nursery:
         for i in range(2000):
             nursery.start_soon(one, i, rng.uniform(0, 0.003))
+    # Then calls with a generous deadline: every one answers, and rightly (a call left
+    # hanging by the cancellations above would fail here, not pass silently).
+    answered.clear()
     async with trio.open_nursery() as nursery:
         for i in range(200):
-            nursery.start_soon(one, i, 30.0)
+            nursery.start_soon(partial(one, i, 10.0, must_answer=True))
+    assert hung == [], f"{len(hung)} calls got no answer within 10 s"
+    assert sorted(answered) == list(range(200))
     assert wrong == []
 
 

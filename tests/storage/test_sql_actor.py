@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from functools import partial
 
 import pytest
 import trio
@@ -190,20 +191,30 @@ async def test_ping(sql_actor: SqlActor) -> None:
 async def test_random_deadlines_never_desynchronise_connections(sql_actor: SqlActor) -> None:
     rng = random.Random(7)
     wrong: list[tuple[int, int]] = []
+    answered: list[int] = []
+    hung: list[int] = []
 
-    async def one(i: int, deadline: float) -> None:
+    async def one(i: int, deadline: float, *, must_answer: bool = False) -> None:
         async def unit(s: AsyncSession) -> int:
             return int((await s.execute(text("SELECT :i"), {"i": i})).scalar_one())
 
-        with trio.move_on_after(deadline):
+        with trio.move_on_after(deadline) as scope:
             got = await sql_actor.run(unit)
             if got != i:
                 wrong.append((i, got))
+            answered.append(i)
+        if must_answer and scope.cancelled_caught:
+            hung.append(i)
 
     async with trio.open_nursery() as nursery:
         for i in range(400):
             nursery.start_soon(one, i, rng.uniform(0, 0.004))
+    # Then calls with a generous deadline: every one answers, and rightly (a connection or
+    # pool slot lost to the cancellations above would leave them hanging: that fails here).
+    answered.clear()
     async with trio.open_nursery() as nursery:
         for i in range(100):
-            nursery.start_soon(one, i, 30.0)
+            nursery.start_soon(partial(one, i, 10.0, must_answer=True))
+    assert hung == [], f"{len(hung)} units got no answer within 10 s"
+    assert sorted(answered) == list(range(100))
     assert wrong == []
