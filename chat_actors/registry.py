@@ -32,7 +32,7 @@ from chat_actors.session import (
 )
 from chat_actors.session_deps import SessionDeps
 from chat_actors.supervisor import ChildSpec, DynamicSupervisor, Restart
-from core.errors import ActorDead, MailboxFull, SupervisorGaveUp
+from core.errors import AccountClosed, ActorDead, MailboxFull, SupervisorGaveUp
 
 log = logging.getLogger("chat.registry")
 
@@ -49,6 +49,7 @@ class SessionRegistry:
         self._slots: weakref.WeakValueDictionary[Hashable, SessionSlot] = (
             weakref.WeakValueDictionary())
         self._sweeper_scope = trio.CancelScope()
+        self._closed_users: set[int] = set()  # deleted accounts: ids are never reused
         self._sup: DynamicSupervisor[SessionMsg] = DynamicSupervisor(
             max_restarts=3, max_seconds=10.0, on_crash=self._on_crash)
 
@@ -106,6 +107,8 @@ class SessionRegistry:
 
     async def session(self, user_id: int, room: str) -> SessionRef:
         """Get or start the session actor of (user, room)."""
+        if user_id in self._closed_users:
+            raise AccountClosed(f"user {user_id} was deleted")
         key = SessionKey(user_id, room)
         ref = self._sup.get(key)
         if ref is None:
@@ -137,6 +140,12 @@ class SessionRegistry:
     @staticmethod
     async def send(ref: SessionRef, outbox: Outbox, text: str) -> None:
         await ref.cast(UserInput(outbox.id, text))
+
+    async def close_user(self, user_id: int) -> None:
+        """The account is gone: no session of it starts again; its sessions stop."""
+        self._closed_users.add(user_id)
+        for key in self.keys_of(user_id):
+            await self.stop_session(key.user_id, key.room)
 
     async def stop_session(self, user_id: int, room: str) -> None:
         await self._sup.terminate_child(SessionKey(user_id, room))

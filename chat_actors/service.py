@@ -99,9 +99,8 @@ class Chat:
         await self.rooms.deleted(user_id, room)
 
     async def forget_user(self, user_id: int) -> None:
-        """A deleted user's chat data goes (sessions stopped, contexts removed)."""
-        for key in self.registry.keys_of(user_id):
-            await self.registry.stop_session(key.user_id, key.room)
+        """A deleted user's chat data goes (sessions stopped for good, contexts removed)."""
+        await self.registry.close_user(user_id)
         await self.store.delete_user(user_id)
         await self.rooms.deleted(user_id)  # touches queued or in flight would re-create rows
 

@@ -10,7 +10,8 @@
     ├── ActorError
     │   ├── ActorDead               the actor stopped (or crashed) before it could answer
     │   ├── MailboxFull             a bounded mailbox refused a cast
-    │   └── SupervisorGaveUp        more than R restarts in T seconds: the supervisor stopped
+    │   ├── SupervisorGaveUp        more than R restarts in T seconds: the supervisor stopped
+    │   └── AccountClosed           the user's account was deleted: none of its sessions starts
     ├── UpstreamError               the OpenAI-compatible upstream failed
     │   ├── UpstreamTimeout         connect / first byte / gap between chunks ran out
     │   ├── UpstreamRateLimited     429 after the retries
@@ -85,6 +86,13 @@ class ActorDead(ActorError):
 
 class MailboxFull(ActorError):
     """The actor's bounded mailbox is full."""
+
+
+class AccountClosed(ActorError):
+    """The account was deleted in this process: its sessions must not start again (a late
+    message would write its context back)."""
+
+    code = "account_closed"
 
 
 class UpstreamError(ChatServerError):

@@ -12,7 +12,7 @@ found", exactly like one that does not exist.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol, TypeVar
@@ -335,17 +335,32 @@ async def delete_api_key(sql: UnitRunner, user_id: int, key_id: int) -> bool:
 
 async def get_key_for_auth(sql: UnitRunner, access_key: str) -> KeyAuthRecord | None:
     """The key (any status), its owner and its allow-list, by access key."""
+    return (await get_keys_for_auth(sql, [access_key])).get(access_key)
 
-    async def unit(session: AsyncSession) -> KeyAuthRecord | None:
+
+async def get_keys_for_auth(
+    sql: UnitRunner, access_keys: Sequence[str]
+) -> dict[str, KeyAuthRecord]:
+    """``get_key_for_auth`` for many keys in one unit (two queries); missing keys are absent."""
+
+    async def unit(session: AsyncSession) -> dict[str, KeyAuthRecord]:
         query = select(ApiKey, User).join(User, User.id == ApiKey.user_id)
-        found = (await session.execute(query.where(ApiKey.access_key == access_key))).first()
-        if found is None:
-            return None
-        key, owner = found
+        found = (await session.execute(query.where(ApiKey.access_key.in_(access_keys)))).all()
+        if not found:
+            return {}
+        allowed: dict[int, list[str]] = {key.id: [] for key, _ in found}
         ips = await session.execute(
-            select(ApiWhitelist.ip_addr).where(ApiWhitelist.api_key_id == key.id)
+            select(ApiWhitelist.api_key_id, ApiWhitelist.ip_addr)
+            .where(ApiWhitelist.api_key_id.in_(allowed))
+            .order_by(ApiWhitelist.id)
         )
-        return KeyAuthRecord(key=_key(key), owner=_user(owner), allowed=tuple(ips.scalars()))
+        for key_id, ip in ips:
+            allowed[key_id].append(ip)
+        return {
+            key.access_key: KeyAuthRecord(
+                key=_key(key), owner=_user(owner), allowed=tuple(allowed[key.id]))
+            for key, owner in found
+        }
 
     return await sql.run(unit)
 

@@ -40,7 +40,10 @@ class AuthedKey:
     key_id: int
 
 
-def _check_key(record: accounts.KeyAuthRecord, client_ip: str) -> AuthedKey:
+def check_key_record(record: accounts.KeyAuthRecord | None, client_ip: str) -> AuthedKey:
+    """The one rule for a key read from the store; ``ApiError(403)`` when refused."""
+    if record is None:
+        raise ApiError(403, "key_invalid", "Unknown API key.")
     if record.key.status != "active":
         raise ApiError(403, "key_disabled", "This API key is disabled.")
     check_user_status(record.owner, "key")
@@ -55,9 +58,7 @@ async def authenticate_access_key(services: Services, access_key: str, client_ip
     if 0 < len(access_key) <= 64:
         record = await services.key_cache.get(
             access_key, lambda: accounts.get_key_for_auth(services.storage.sql, access_key))
-    if record is None:
-        raise ApiError(403, "key_invalid", "Unknown API key.")
-    return _check_key(record, client_ip)
+    return check_key_record(record, client_ip)
 
 
 def _one(params: dict[str, list[str]], name: str) -> str:
@@ -105,4 +106,4 @@ async def authenticate_signed_query(
     )
     if not fresh:
         raise ApiError(401, "signature_replayed", "This signed request was already used.")
-    return _check_key(record, client_ip)
+    return check_key_record(record, client_ip)

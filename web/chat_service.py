@@ -5,21 +5,33 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import trio
+
 from chat_actors.service import Chat, open_chat
 from web.services import Services
+from web.socket_watch import SocketWatch
+
+MIN_RECHECK_SECONDS = 1.0
 
 
 async def _forget_user(services: Services, user_id: int) -> None:
+    if services.socket_watch is not None:
+        services.socket_watch.close_user(user_id)
     if isinstance(services.chat, Chat):
         await services.chat.forget_user(user_id)
 
 
 @asynccontextmanager
 async def open_chat_service(services: Services) -> AsyncIterator[None]:
-    async with open_chat(services.settings, services.storage) as chat:
-        services.chat = chat
+    interval = max(services.settings.key_cache_seconds, MIN_RECHECK_SECONDS)
+    watch = SocketWatch(services.storage.sql, services.key_cache, interval)
+    async with (open_chat(services.settings, services.storage) as chat,
+                trio.open_nursery() as nursery):
+        await nursery.start(watch.run)
+        services.chat, services.socket_watch = chat, watch
         services.user_deleted_hooks.append(_forget_user)
         try:
             yield
         finally:
-            services.chat = None
+            services.chat = services.socket_watch = None
+            nursery.cancel_scope.cancel()

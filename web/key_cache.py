@@ -37,6 +37,16 @@ class KeyAuthCache:
         self._entries.clear()
         self._generation += 1
 
+    def put(self, access_key: str, record: KeyAuthRecord | None) -> None:
+        """A record just read elsewhere (the open sockets' recheck): later connects see it."""
+        if self.ttl > 0:
+            self._store(access_key, record)
+
+    def _store(self, access_key: str, record: KeyAuthRecord | None) -> None:
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[access_key] = (trio.current_time() + self.ttl, record)
+
     async def get(self, access_key: str, load: Loader) -> KeyAuthRecord | None:
         if self.ttl <= 0:
             return await load()
@@ -61,7 +71,5 @@ class KeyAuthCache:
             del self._pending[access_key]
             pending.done.set()
         if generation == self._generation:
-            if len(self._entries) >= MAX_ENTRIES:
-                self._entries.clear()
-            self._entries[access_key] = (trio.current_time() + self.ttl, pending.record)
+            self._store(access_key, pending.record)
         return pending.record

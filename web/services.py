@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -29,6 +30,9 @@ from core.settings import Settings
 from storage import Storage, open_storage
 from web.key_cache import KeyAuthCache
 from web.passwords import Passwords
+
+if TYPE_CHECKING:
+    from web.socket_watch import SocketWatch
 
 UserDeletedHook = Callable[["Services", int], Awaitable[None]]
 """Called with ``(services, user_id)`` after ``DELETE /api/user/me`` marked the user deleted."""
@@ -43,6 +47,7 @@ class Services:
     settings: Settings
     storage: Storage
     chat: object | None = None
+    socket_watch: SocketWatch | None = None  # set by the chat service: open sockets' key checks
     user_deleted_hooks: list[UserDeletedHook] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)
     key_cache: KeyAuthCache = field(init=False)

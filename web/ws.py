@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 
 import trio
-from quart import Blueprint, current_app, websocket
+from quart import Blueprint, current_app, request, websocket
 from quart.wrappers import Response
 
 from chat_actors import frames
@@ -23,9 +23,10 @@ from chat_actors.outbox import Outbox, OutboxClosed
 from chat_actors.registry import SessionRef, SessionRegistry
 from chat_actors.room_ids import parse_room_id
 from chat_actors.service import Chat
-from core.errors import ActorDead, ApiError, StorageError
+from core.errors import AccountClosed, ActorDead, ApiError, StorageError
 from web.auth_keys import AuthedKey, authenticate_access_key
-from web.services import get_services
+from web.services import SERVICES_EXTENSION, Services, get_services
+from web.socket_watch import ACCOUNT_CLOSED, WatchedSocket
 from web.state import state_of
 
 log = logging.getLogger("chat.ws")
@@ -104,8 +105,28 @@ async def chat_socket(access_key: str) -> Response | None:
         return _reject(503, "storage_unavailable", "The key could not be checked; retry.")
     state.user_id, state.api_key_id = authed.user_id, authed.key_id
     await websocket.accept()
-    await ChatSocket(chat, authed, room).run()
+    socket = ChatSocket(chat, authed, room)
+    watched = WatchedSocket(access_key, state.client_ip, authed.user_id, socket.revoke)
+    watch = services.socket_watch
+    if watch is not None:
+        watch.add(watched)
+    try:
+        await socket.run()
+    finally:
+        if watch is not None:
+            watch.discard(watched)
     return None
+
+
+@bp.after_app_request
+async def recheck_open_sockets(response: Response) -> Response:
+    """A change to a user's keys, allow-lists or account: their open sockets are checked now."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and request.path.startswith("/api/user"):
+        services: Services | None = current_app.extensions.get(SERVICES_EXTENSION)
+        user_id = state_of(request.scope).user_id
+        if services is not None and services.socket_watch is not None and user_id is not None:
+            services.socket_watch.recheck_user(user_id)
+    return response
 
 
 class ChatSocket:
@@ -123,6 +144,15 @@ class ChatSocket:
         self.outbox = Outbox(max_frames=OUTBOX_MAX_FRAMES, stuck_after=OUTBOX_STUCK_SECONDS)
         self.session: SessionRef | None = None
         self.max_bytes = chat.settings.max_frame_bytes
+        self.close_code: int | None = None  # set when the server ends the socket on purpose
+
+    def revoke(self, code: str, msg: str) -> None:
+        """The key or account may no longer chat: a last error frame, then the close."""
+        if self.outbox.closed:
+            return
+        self.outbox.push(frames.error_frame(self.room, code, msg, close=True))
+        self.close_code = CLOSE_POLICY
+        self.outbox.close(code)
 
     async def run(self) -> None:
         try:
@@ -132,6 +162,9 @@ class ChatSocket:
                 try:
                     with trio.fail_after(JOIN_TIMEOUT):
                         await self._enter(self.room)
+                except AccountClosed:
+                    self.revoke(*ACCOUNT_CLOSED)
+                    return
                 except (StorageError, ActorDead, trio.TooSlowError) as exc:
                     log.error("socket could not join room %s: %r", self.room, exc)
                     self.outbox.push(frames.error_frame(
@@ -157,18 +190,24 @@ class ChatSocket:
     async def _reader(self) -> None:
         while True:
             data = await websocket.receive()
+            if self.outbox.closed:  # revoked or cut: what the client still sends goes nowhere
+                return
             try:
                 frame = parse_frame(data, self.max_bytes)
             except BadFrame as exc:
                 self.outbox.push(frames.error_frame(self.room, exc.code, str(exc)))
                 continue
-            if frame.room is not None and frame.room != self.room:
-                await self._enter(frame.room)
-            if frame.msg.strip():
-                await self._send(frame)
-            elif frame.room is None:
-                self.outbox.push(frames.error_frame(self.room, "bad_frame",
-                                                    "'msg' must not be empty."))
+            try:
+                if frame.room is not None and frame.room != self.room:
+                    await self._enter(frame.room)
+                if frame.msg.strip():
+                    await self._send(frame)
+                elif frame.room is None:
+                    self.outbox.push(frames.error_frame(self.room, "bad_frame",
+                                                        "'msg' must not be empty."))
+            except AccountClosed:  # deleted while this message was on its way
+                self.revoke(*ACCOUNT_CLOSED)
+                return
 
     async def _send(self, frame: ClientFrame) -> None:
         text = frame.msg
@@ -176,6 +215,8 @@ class ChatSocket:
             translation = await self.chat.translator.translate(self.room, text)
             self.outbox.push(translation.notice)
             text = translation.text
+        if self.outbox.closed:  # revoked while the translator worked
+            return
         assert self.session is not None
         try:
             await self.registry.send(self.session, self.outbox, text)
@@ -206,7 +247,7 @@ class ChatSocket:
         with trio.move_on_after(1):  # let the writer flush what the session still queued
             while self.outbox.pending:
                 await trio.sleep(0.01)
-        code = CLOSE_POLICY if self.outbox.dropped else CLOSE_ERROR
+        code = self.close_code or (CLOSE_POLICY if self.outbox.dropped else CLOSE_ERROR)
         with trio.move_on_after(1):
             await websocket.close(code, self.outbox.close_reason[:120])
         cancel_scope.cancel()

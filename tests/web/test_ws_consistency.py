@@ -138,18 +138,6 @@ async def test_context_lost_under_a_live_session_is_rewritten_whole(server: Chat
         assert len(await client.init()) == 4  # a fresh load sees all of it
 
 
-async def test_account_deletion_removes_chat_data(server: ChatServer, user: User) -> None:
-    async with chat_socket(server, user.access_key) as client:
-        await client.send("private")
-        await client.answer()
-    async with httpx.AsyncClient(base_url=server.url) as http:
-        r = await http.delete("/api/user/me", headers={"Authorization": user.jwt})
-        assert r.status_code == 200, r.text
-    redis = server.services.storage.redis
-    assert await redis.execute("KEYS", f"{redis.prefix}ctx:{user.user_id}:*") == []
-    assert len(server.services.chat.registry.keys_of(user.user_id)) == 0
-
-
 async def test_two_sockets_get_identical_frame_sequences(server: ChatServer, user: User) -> None:
     # Each socket may merge deltas differently; apart from that, the echo that only the other
     # socket gets and the command reply that only the sender gets, both see the same frames in

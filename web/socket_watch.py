@@ -1,0 +1,118 @@
+"""Open chat sockets lose their right to chat when their key or account does.
+
+A socket's key is checked before the upgrade; ``SocketWatch`` keeps checking it while the socket
+is open. One task per process, not one timer per socket:
+
+- every ``interval`` seconds (``KEY_CACHE_SECONDS``, at least 1 s) it reads every live key of
+  the process from the database, in a few batched units (not through the key cache, so a
+  change is seen within one interval; the fresh reads replace the cache's entries), and applies
+  the connect rule to each socket (key status, owner status, allow-list against its address);
+- a change made through this process (any write under ``/api/user``) rechecks that user's
+  sockets at once, and a deleted account's sockets are closed before its data goes.
+
+A refused socket gets an error frame with ``close: true`` (``key_revoked`` or
+``account_closed``) and is closed; a database that cannot be read revokes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import trio
+
+from core.errors import ApiError, StorageError
+from storage.accounts import UnitRunner, get_keys_for_auth
+from web.auth_keys import check_key_record
+from web.key_cache import KeyAuthCache
+
+log = logging.getLogger("chat.ws")
+
+BATCH = 500  # access keys per database unit
+ACCOUNT_CODES = frozenset({"user_blocked", "user_deleted", "user_not_found"})
+ACCOUNT_CLOSED = ("account_closed", "This account is closed; the chat socket is closed.")
+
+
+def revocation(exc: ApiError) -> tuple[str, str]:
+    """The socket's error code and message for a refused key check."""
+    if exc.code in ACCOUNT_CODES:
+        return ACCOUNT_CLOSED
+    return "key_revoked", f"This API key may no longer be used: {exc.msg}"
+
+
+@dataclass(eq=False)
+class WatchedSocket:
+    access_key: str
+    client_ip: str
+    user_id: int
+    revoke: Callable[[str, str], None]  # (code, message): close the socket with that error
+
+
+class SocketWatch:
+    def __init__(self, sql: UnitRunner, cache: KeyAuthCache, interval: float) -> None:
+        self._sql = sql
+        self._cache = cache
+        self.interval = interval
+        self._by_user: dict[int, set[WatchedSocket]] = {}
+        self._urgent: set[int] = set()
+        self._wakeup = trio.Event()
+
+    def add(self, socket: WatchedSocket) -> None:
+        self._by_user.setdefault(socket.user_id, set()).add(socket)
+
+    def discard(self, socket: WatchedSocket) -> None:
+        sockets = self._by_user.get(socket.user_id)
+        if sockets is not None:
+            sockets.discard(socket)
+            if not sockets:
+                del self._by_user[socket.user_id]
+
+    def recheck_user(self, user_id: int) -> None:
+        """Something of this user's changed here: check their sockets now, not at the sweep."""
+        if user_id in self._by_user:
+            self._urgent.add(user_id)
+            self._wakeup.set()
+
+    def close_user(self, user_id: int) -> None:
+        """The account is being deleted: close its sockets now (before its data goes)."""
+        for socket in list(self._by_user.get(user_id, ())):
+            socket.revoke(*ACCOUNT_CLOSED)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_user.values())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        next_sweep = trio.current_time() + self.interval
+        while True:
+            with trio.move_on_at(next_sweep):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            if trio.current_time() >= next_sweep:
+                users: Iterable[int] = list(self._by_user)
+                next_sweep = trio.current_time() + self.interval
+            else:
+                users = self._urgent
+            self._urgent = set()
+            await self._check([s for u in users for s in self._by_user.get(u, ())])
+
+    async def _check(self, sockets: list[WatchedSocket]) -> None:
+        keys = sorted({s.access_key for s in sockets})
+        for start in range(0, len(keys), BATCH):
+            batch = keys[start:start + BATCH]
+            try:
+                records = await get_keys_for_auth(self._sql, batch)
+            except StorageError as exc:  # an outage revokes nothing; the next sweep retries
+                log.warning("could not recheck %d open socket key(s): %s", len(batch), exc)
+                continue
+            for key in batch:  # a new connect must not pass on an older cached read
+                self._cache.put(key, records.get(key))
+            in_batch = set(batch)
+            for socket in sockets:
+                if socket.access_key not in in_batch:
+                    continue
+                try:
+                    check_key_record(records.get(socket.access_key), socket.client_ip)
+                except ApiError as exc:
+                    socket.revoke(*revocation(exc))
