@@ -50,11 +50,26 @@ async def test_profile_round_trip(redis_actor: RedisActor) -> None:
 async def test_every_use_refreshes_the_ttl(redis_actor: RedisActor) -> None:
     store = store_for(redis_actor, ttl=1000)
     await store.change(USER, ROOM, append=[msg(1)], next_id=1, count=1)
-    _profile_key, messages_key, meta_key = keys(redis_actor)
-    await redis_actor.execute("EXPIRE", messages_key, 10)
-    await store.load(USER, ROOM)
-    assert 990 < int(await redis_actor.execute("TTL", messages_key)) <= 1000
-    assert 990 < int(await redis_actor.execute("TTL", meta_key)) <= 1000
+    all_keys = keys(redis_actor)
+
+    async def ttls_ms() -> list[int]:
+        return [int(await redis_actor.execute("PTTL", key)) for key in all_keys]
+
+    uses = {
+        "load": lambda: store.load(USER, ROOM),
+        "change": lambda: store.change(USER, ROOM, append=[msg(2, "assistant")], next_id=2,
+                                       count=2),
+        "save_profile": lambda: store.save_profile(USER, ROOM, Profile(model="gpt-4o")),
+        "rewrite": lambda: store.rewrite(USER, ROOM, [msg(1), msg(2, "assistant")], 2),
+    }
+    for name, use in uses.items():
+        for key in all_keys:  # as if the context had sat unused for most of its TTL
+            assert await redis_actor.execute("PEXPIRE", key, 5_000) == 1, (name, key)
+        assert all(0 < t <= 5_000 for t in await ttls_ms()), name
+        await use()
+        assert all(990_000 < t <= 1_000_000 for t in await ttls_ms()), (name, await ttls_ms())
+    loaded = await store.load(USER, ROOM)  # the uses did what they say, too
+    assert [m.id for m in loaded.messages] == [1, 2] and loaded.profile.model == "gpt-4o"
 
 
 async def test_unreadable_item_is_repaired_not_wiped(redis_actor: RedisActor) -> None:
