@@ -93,12 +93,26 @@ async def test_system_codex_and_pop(server: ChatServer, user: User) -> None:
 
 
 async def test_retry_regenerates_the_last_answer(server: ChatServer, user: User) -> None:
+    import httpx
+
+    async def upstream_requests() -> list[dict[str, object]]:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(f"{server.mock_url}/mock/requests?n=10")
+        return [req["body"] for req in r.json()["requests"]]
+
     async with chat_socket(server, user.access_key) as client:
         await client.send("again please")
         first, _ = await client.answer()
+        before = await upstream_requests()
         await client.send("/retry")
         second, last = await client.answer()
         assert "error" not in last and second == first == expected("again please")
+    # The mock is deterministic, so the text alone cannot tell a new answer from a replayed
+    # one: the upstream must have been asked again, with the same question and no old answer.
+    after = await upstream_requests()
+    assert len(after) == len(before) + 1
+    assert after[-1]["messages"] == before[-1]["messages"] == [
+        {"role": "user", "content": "again please"}]
     assert await history(server, user) == [
         ("user", "again please"), ("assistant", expected("again please"))]
 
