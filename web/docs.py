@@ -132,7 +132,9 @@ def install_docs(app: Quart) -> QuartSchema:
             "title": TITLE,
             "version": "1.0.0",
             "description": "Users, API keys and HMAC-signed service calls. Errors are always "
-            '{"status", "msg", "detail", "code"}.',
+            '{"status", "msg", "detail", "code"}. A JSON body that is not UTF-8 JSON is 400 '
+            "malformed_json, one over 1 MiB 413 payload_too_large, one sent as another content "
+            "type 415 unsupported_media_type; a body that does not fit the schema is 422.",
         },
         openapi_path=OPENAPI_PATH,
         swagger_ui_path=None,  # /docs is ``docs_page``

@@ -60,26 +60,43 @@ def error_response(status: int, code: str, msg: str, detail: object = None) -> R
     return Response(error_body(status, code, msg, detail), status, content_type="application/json")
 
 
-def malformed_json() -> ApiError:
-    return ApiError(400, "malformed_json", "The request body is not valid JSON.")
+def malformed_json(msg: str = "The request body is not valid JSON.") -> ApiError:
+    return ApiError(400, "malformed_json", msg)
+
+
+def not_json() -> ApiError:
+    return ApiError(415, "unsupported_media_type",
+                    "The request body must be JSON (Content-Type: application/json).",
+                    {"expected": "application/json"})
 
 
 class JsonErrorRequest(TrioRequest):
-    """A request whose malformed JSON body is a clear 400, not a bare BadRequest.
+    """A request whose JSON body, when a route reads one, is JSON or a clear 4xx:
 
-    Deeply nested JSON (``[[[[...``) makes the parser raise ``RecursionError``, which is not a
-    ``ValueError`` and would otherwise surface as a 500.
+    - not UTF-8 (RFC 8259: JSON is UTF-8, whatever ``charset`` says) → 400 ``malformed_json``;
+    - empty or not JSON → 400 ``malformed_json``; nested deeper than the parser's recursion
+      limit (``[[[[...``: ``RecursionError``, not a ``ValueError``) → 400 too;
+    - a body under another content type (text/plain, a form, ...) → 415
+      ``unsupported_media_type``; no body and no content type at all reads as "no JSON", which
+      the route's schema then refuses (422);
+    - over ``MAX_CONTENT_LENGTH`` → 413 ``payload_too_large`` (werkzeug's error, mapped).
     """
 
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise malformed_json()
 
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
-        try:
-            return await super().get_json(force=force, silent=silent, cache=cache)
-        except RecursionError:
+        if not (force or self.is_json) and (self.mimetype or self.content_length):
             if silent:
                 return None
+            raise not_json()
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except (RecursionError, UnicodeDecodeError) as exc:
+            if silent:
+                return None
+            if isinstance(exc, UnicodeDecodeError):
+                raise malformed_json("The request body is not UTF-8 JSON.") from None
             raise malformed_json() from None
 
 

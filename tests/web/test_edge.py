@@ -85,7 +85,11 @@ async def test_errors_are_json(client: Client) -> None:
     r = await client.post("/api/auth/login/email", json=["not", "an", "object"])
     assert r.status_code == 422
     r = await client.post("/api/auth/login/email", data=b"email=a", headers={"Content-Type": "text/plain"})
-    assert r.status_code == 422
+    assert r.status_code == 415 and await error_code(r) == "unsupported_media_type"
+    # not UTF-8 (was a 500: UnicodeDecodeError while reading the body)
+    r = await client.post("/api/auth/login/email", data=b"\x84\x85\x86",
+                          headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and await error_code(r) == "malformed_json"
 
 
 async def test_docs_render_offline(client: Client) -> None:

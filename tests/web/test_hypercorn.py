@@ -141,6 +141,20 @@ async def test_bad_input_is_4xx_not_5xx(base_url: str) -> None:
         r = await http.post("/api/auth/login/email", content=b"[" * 200_000,
                             headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.json()["code"] == "malformed_json", r.text
+        r = await http.post("/api/auth/login/email", content=b'{"email": "\x84\xff"}',
+                            headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["code"] == "malformed_json", r.text
+        r = await http.post("/api/auth/login/email", content=b"email=a",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type", r.text
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds anyway
+            for _ in range(40):
+                yield b" " * 65536
+
+        r = await http.post("/api/auth/login/email", content=chunks(),
+                            headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["code"] == "payload_too_large", r.text
 
 
 async def test_chat_page_files_only_with_their_security_headers(base_url: str) -> None:
