@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: run test install install-dev vendor migrate lint mock bench-storage
+.PHONY: run test test-tools install install-dev vendor migrate lint mock bench-storage
 
 run: install vendor .env
 	$(PY) -m scripts.serve
@@ -18,8 +18,14 @@ run: install vendor .env
 	  sed "s|^JWT_SECRET=.*|JWT_SECRET=$$secret|" .env-sample > .env.tmp && mv .env.tmp .env && \
 	  echo "created .env from .env-sample (with a random JWT_SECRET)"
 
-test: install-dev vendor
+# The whole suite: the Debian tools it runs (Chromium, docker-compose, Redis, MariaDB, npm),
+# the services started if down, then every test (SKIP_MISSING_TOOLS=1 to skip, not install).
+test: test-tools install-dev vendor
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-tools:
+	@[ "$$SKIP_MISSING_TOOLS" = 1 ] || bash scripts/install_test_tools.sh
+	bash scripts/start_services.sh
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

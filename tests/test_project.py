@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.tools import require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,24 +34,19 @@ def test_compose_file_publishes_no_database_or_redis_port() -> None:
         assert "healthcheck" in services[name], name
 
 
-NEEDS_COMPOSE = pytest.mark.skipif(shutil.which("docker-compose") is None,
-                                   reason="docker-compose not installed")
-
-
 def _compose_config(tmp_path: Path, env: str, *args: str) -> subprocess.CompletedProcess[str]:
+    compose = require_tool("docker-compose", "docker-compose")
     shutil.copy(ROOT / "docker-compose.yaml", tmp_path / "docker-compose.yaml")
     (tmp_path / ".env").write_text(env)
-    return subprocess.run(["docker-compose", "config", *args], cwd=tmp_path,
+    return subprocess.run([compose, "config", *args], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-@NEEDS_COMPOSE
 def test_compose_file_is_valid(tmp_path: Path) -> None:
     result = _compose_config(tmp_path, (ROOT / ".env-sample").read_text(), "-q")
     assert result.returncode == 0, result.stderr
 
 
-@NEEDS_COMPOSE
 def test_compose_refuses_to_run_without_secrets(tmp_path: Path) -> None:
     result = _compose_config(tmp_path, "", "-q")
     assert result.returncode != 0 and "MYSQL_PASSWORD" in result.stderr
@@ -58,7 +55,6 @@ def test_compose_refuses_to_run_without_secrets(tmp_path: Path) -> None:
     assert result.returncode != 0 and "JWT_SECRET" in result.stderr
 
 
-@NEEDS_COMPOSE
 def test_compose_gives_each_service_only_what_it_needs(tmp_path: Path) -> None:
     from core.errors import ConfigError
     from core.settings import load_settings
@@ -94,7 +90,6 @@ COMPOSE_SETS = {"api_env", "mysql_host", "mysql_user", "mysql_password", "redis_
                 "jwt_secret", "trusted_hosts"}
 
 
-@NEEDS_COMPOSE
 def test_compose_passes_every_setting_with_the_apps_defaults(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.settings import Settings, load_settings

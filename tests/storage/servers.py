@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from tests.tools import require_tool
 
 
 def spare_port() -> int:
@@ -58,9 +58,7 @@ class Server:
 
 
 def redis_server(tmp: Path) -> Server:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server binary not installed")
+    binary = require_tool("redis-server", "redis-server")
     port = spare_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     argv += ["--dir", str(tmp)]
@@ -69,12 +67,8 @@ def redis_server(tmp: Path) -> Server:
 
 def mariadb_server(tmp: Path) -> Server:
     """A mariadbd with a fresh datadir, root without password over TCP (~1.5 s to set up)."""
-    install = shutil.which("mariadb-install-db")
-    daemon = shutil.which("mariadbd") or (
-        "/usr/sbin/mariadbd" if Path("/usr/sbin/mariadbd").exists() else None
-    )
-    if install is None or daemon is None:
-        pytest.skip("mariadbd / mariadb-install-db not installed")
+    install = require_tool("mariadb-install-db", "mariadb-server")
+    daemon = shutil.which("mariadbd") or require_tool("/usr/sbin/mariadbd", "mariadb-server")
     datadir = Path(tempfile.mkdtemp(prefix="mdb-", dir=tmp))
     subprocess.run(
         [
