@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from chat_actors.budget import Budget, build_prompt, check_message, trim_history
@@ -94,12 +94,17 @@ def test_trim_never_drops_the_last_exchange() -> None:
 
 
 # ---- properties -------------------------------------------------------------------------
+# Two kinds of examples. Chat-shaped ones (alternating user/assistant turns, a few system
+# messages anywhere, a budget that always has room beside the system messages, often less
+# than the turns need) reach the trimming code; ``event()`` labels each example's path, so
+# ``pytest --hypothesis-show-statistics`` shows how many did. Arbitrary ones (any roles, any
+# budget) mostly end in a refusal, whose reason is checked.
 
 roles = st.sampled_from(["system", "user", "assistant"])
-histories = st.lists(
+any_histories = st.lists(
     st.tuples(roles, st.integers(min_value=1, max_value=400)), max_size=40
 ).map(lambda items: [Msg(r, t, i) for i, (r, t) in enumerate(items)])
-budgets = st.builds(
+any_budgets = st.builds(
     budget,
     window=st.integers(min_value=100, max_value=5000),
     reserve=st.integers(min_value=0, max_value=1000),
@@ -108,23 +113,51 @@ budgets = st.builds(
 )
 
 
+@st.composite
+def chat_histories(draw: st.DrawFn) -> list[Msg]:
+    """Turns alternating user / assistant (from a user message), system messages among them."""
+    tokens = st.integers(min_value=1, max_value=400)
+    turns = [("user" if i % 2 == 0 else "assistant", draw(tokens))
+             for i in range(draw(st.integers(min_value=0, max_value=30)))]
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        at = draw(st.integers(min_value=0, max_value=len(turns)))
+        turns.insert(at, ("system", draw(st.integers(min_value=1, max_value=200))))
+    return [Msg(role, t, i) for i, (role, t) in enumerate(turns)]
+
+
+@st.composite
+def budgets_with_room(draw: st.DrawFn, fixed: int, history: list[Msg],
+                      least_max_msg: int = 1) -> Budget:
+    """A budget whose prompt limit is ``fixed`` plus a room for the turns, mostly less than
+    they need (trimming), sometimes all of it."""
+    need = sum(m.tokens for m in history if m.role != "system")
+    room = draw(st.integers(min_value=0, max_value=need + 50))
+    reserve = draw(st.integers(min_value=0, max_value=1000))
+    margin = draw(st.integers(min_value=0, max_value=100))
+    max_msg = draw(st.integers(min_value=least_max_msg, max_value=2000))
+    b = budget(window=fixed + room + reserve + margin + 3, reserve=reserve, margin=margin,
+               max_msg=max_msg)
+    assert b.prompt_limit == fixed + room
+    return b
+
+
 def is_subsequence(part: list[Msg], whole: list[Msg]) -> bool:
     it = iter(whole)
     return all(any(m is w for w in it) for m in part)
 
 
-@settings(max_examples=400, deadline=None)
-@given(history=histories, current_tokens=st.integers(min_value=1, max_value=600), b=budgets)
-def test_prompt_properties(history: list[Msg], current_tokens: int, b: Budget) -> None:
-    current = Msg("user", current_tokens, len(history))
+def check_prompt(history: list[Msg], current: Msg, b: Budget) -> None:
+    sys_tokens = sum(m.tokens for m in history if m.role == "system")
     try:
         prompt = build_prompt(history, current, b)
     except ContextOverflow:
-        assert sum(m.tokens for m in history if m.role == "system") > b.prompt_limit
+        event("prompt: refused, system messages overflow")
+        assert sys_tokens > b.prompt_limit
         return
     except MessageTooLong:
-        sys_tokens = sum(m.tokens for m in history if m.role == "system")
-        assert current_tokens > b.max_message_tokens or sys_tokens + current_tokens > b.prompt_limit
+        event("prompt: refused, message too long")
+        assert (current.tokens > b.max_message_tokens
+                or sys_tokens + current.tokens > b.prompt_limit)
         return
     msgs = prompt.messages
     # never over budget
@@ -142,13 +175,31 @@ def test_prompt_properties(history: list[Msg], current_tokens: int, b: Budget) -
     assert prompt.left_out == len(turns) - len(kept)
     # ... and maximal: the next-older turn would not have fit
     if len(kept) < len(turns):
+        event("prompt: trimmed (older turns left out)")
         next_older = turns[len(turns) - len(kept) - 1]
         assert sum(m.tokens for m in msgs) + next_older.tokens > b.prompt_limit
+    else:
+        event("prompt: every turn fits")
 
 
 @settings(max_examples=400, deadline=None)
-@given(history=histories, b=budgets, keep_last=st.integers(min_value=0, max_value=4))
-def test_trim_properties(history: list[Msg], b: Budget, keep_last: int) -> None:
+@given(data=st.data(), history=chat_histories(), current_tokens=st.integers(1, 600))
+def test_prompt_properties(data: st.DataObject, history: list[Msg], current_tokens: int) -> None:
+    sys_tokens = sum(m.tokens for m in history if m.role == "system")
+    b = data.draw(budgets_with_room(sys_tokens + current_tokens, history, current_tokens))
+    check_prompt(history, Msg("user", current_tokens, len(history)), b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(history=any_histories, current_tokens=st.integers(min_value=1, max_value=600),
+       b=any_budgets)
+def test_prompt_properties_any_history_any_budget(
+    history: list[Msg], current_tokens: int, b: Budget
+) -> None:
+    check_prompt(history, Msg("user", current_tokens, len(history)), b)
+
+
+def check_trim(history: list[Msg], b: Budget, keep_last: int) -> None:
     plan = trim_history(history, b, keep_last=keep_last)
     turns = [i for i, m in enumerate(history) if m.role != "system"]
     # drops only turns, oldest first, never the protected newest ones
@@ -173,3 +224,31 @@ def test_trim_properties(history: list[Msg], b: Budget, keep_last: int) -> None:
     dropped_from_suffix = [i for i in suffix if i in plan.drop]
     assert all(history[i].role == "assistant" for i in dropped_from_suffix)
     assert dropped_from_suffix == suffix[: len(dropped_from_suffix)]
+    # ... and enough: every unprotected turn outside the fitting suffix is dropped, and what
+    # is kept fits unless the protected newest turns alone do not
+    fit_start, unprotected = len(turns) - fitting, max(0, len(turns) - keep_last)
+    assert len(plan.drop) >= min(fit_start, unprotected)
+    if fit_start > unprotected:
+        event("trim: dropped all but the protected turns, which alone overflow")
+        assert plan.drop == turns[:unprotected]
+    elif plan.drop:
+        assert sum(m.tokens for m in kept_turns) <= max(room, 0)
+        event("trim: dropped" + (", an orphan answer too" if dropped_from_suffix else ""))
+    else:
+        event("trim: nothing to drop")
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), history=chat_histories(), keep_last=st.integers(min_value=0, max_value=4))
+def test_trim_properties(data: st.DataObject, history: list[Msg], keep_last: int) -> None:
+    sys_tokens = sum(m.tokens for m in history if m.role == "system")
+    b = data.draw(budgets_with_room(sys_tokens, history))
+    check_trim(history, b, keep_last)
+
+
+@settings(max_examples=200, deadline=None)
+@given(history=any_histories, b=any_budgets, keep_last=st.integers(min_value=0, max_value=4))
+def test_trim_properties_any_history_any_budget(
+    history: list[Msg], b: Budget, keep_last: int
+) -> None:
+    check_trim(history, b, keep_last)
