@@ -7,7 +7,10 @@ query strings exactly as sent, and bodies parsed by the real request class."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -16,16 +19,18 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
+from quart_trio import QuartTrio
 
 from core.settings import Settings
 from scripts.hmac_sign import sign_query
 from tests.web.conftest import CHEAP_HASHER, PASSWORD
 from web.app import create_app
+from web.chat_service import open_chat_service
 
 
-@pytest.fixture
-async def base_url(web_settings: Settings, redis_actor: object) -> AsyncIterator[str]:
-    app = create_app(web_settings, extra_services=(), password_hasher=CHEAP_HASHER)
+@asynccontextmanager
+async def serving(app: QuartTrio) -> AsyncIterator[str]:
+    """``app`` on Hypercorn (trio worker) on a free port; its base URL."""
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
@@ -34,6 +39,20 @@ async def base_url(web_settings: Settings, redis_actor: object) -> AsyncIterator
         binds = await nursery.start(lambda task_status: serve(app, config, shutdown_trigger=stop.wait, task_status=task_status))  # type: ignore[arg-type]
         yield binds[0].replace("0.0.0.0", "127.0.0.1")
         stop.set()
+
+
+@pytest.fixture
+async def base_url(web_settings: Settings, redis_actor: object) -> AsyncIterator[str]:
+    async with serving(create_app(web_settings, extra_services=(), password_hasher=CHEAP_HASHER)) as url:
+        yield url
+
+
+@pytest.fixture
+async def chat_base_url(web_settings: Settings, redis_actor: object) -> AsyncIterator[str]:
+    """The whole app, with the chat service the room routes need (503 without it)."""
+    app = create_app(web_settings, extra_services=(open_chat_service,), password_hasher=CHEAP_HASHER)
+    async with serving(app) as url:
+        yield url
 
 
 async def test_full_flow_over_http(base_url: str) -> None:
@@ -59,40 +78,70 @@ async def test_full_flow_over_http(base_url: str) -> None:
         assert (await http.get("/docs-assets/swagger-ui-bundle.js")).status_code == 200
 
 
-def _fuzz(base_url: str, spec: dict[str, object], token: str) -> list[str]:
+# Examples per operation: ~1 minute for the whole run on the 2-core test machine.
+FUZZ_EXAMPLES = 200
+# Deleting the account would turn every later case into a plain 401 (test_auth and
+# test_user_apikeys cover these two).
+DELETES_THE_ACCOUNT = {("DELETE", "/api/user/me"), ("DELETE", "/api/auth/register")}
+
+
+def _fuzz_operation(operation: Any, base_url: str, token: str) -> tuple[list[str], int]:
+    """The 5xx answers to ``FUZZ_EXAMPLES`` generated cases of one operation; how many ran."""
+    failures: list[str] = []
+    ran = 0
+
+    @hsettings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy())
+    def check(case: Any) -> None:
+        nonlocal ran
+        ran += 1
+        response = case.call(
+            base_url=base_url, headers={"Host": "localhost", "Authorization": token}, timeout=10
+        )
+        if response.status_code >= 500:
+            failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}")
+
+    check()
+    return failures, ran
+
+
+def _fuzz(base_url: str, spec: dict[str, object], token: str) -> tuple[list[str], dict[str, int]]:
+    """Every 5xx is a failure, on every operation; and how many cases each operation ran."""
     import schemathesis
 
-    schema = schemathesis.openapi.from_dict(spec)
     failures: list[str] = []
-    for result in schema.get_all_operations():
+    cases: dict[str, int] = {}
+    for result in schemathesis.openapi.from_dict(spec).get_all_operations():
         operation = result.ok()
-        if operation.method.upper() == "DELETE" and operation.path == "/api/user/me":
-            continue  # deleting the account would turn every later case into a plain 401
-
-        @hsettings(max_examples=25, deadline=None, database=None, phases=[Phase.generate],
-                   suppress_health_check=list(HealthCheck))
-        @given(case=operation.as_strategy())
-        def check(case: object) -> None:
-            response = case.call(  # type: ignore[attr-defined]
-                base_url=base_url, headers={"Host": "localhost", "Authorization": token}, timeout=10
-            )
-            if response.status_code >= 500 and "/chatrooms" not in case.formatted_path:  # type: ignore[attr-defined]
-                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:200]}")  # type: ignore[attr-defined]
-
-        check()
-    return failures
+        if (operation.method.upper(), operation.path) in DELETES_THE_ACCOUNT:
+            continue
+        found, ran = _fuzz_operation(operation, base_url, token)
+        failures += found
+        cases[f"{operation.method.upper()} {operation.path}"] = ran
+    return failures, cases
 
 
-async def test_fuzz_finds_no_server_error(base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url, headers={"Host": "localhost"}) as http:
+@pytest.mark.timeout(600)  # ~1 minute alone; more when the machine is shared
+async def test_fuzz_finds_no_server_error(chat_base_url: str) -> None:
+    async with httpx.AsyncClient(base_url=chat_base_url, headers={"Host": "localhost"}) as http:
         spec = (await http.get("/openapi.json")).json()
         r = await http.post("/api/auth/register/email", json={"email": "fuzz@example.com", "password": PASSWORD})
         token = r.json()["Authorization"]
-    failures = await trio.to_thread.run_sync(_fuzz, base_url, spec, token)
+        # a key and a room that exist, so that some cases get past the lookups
+        await http.post("/api/user/apikeys", json={"user_memo": "fuzz"}, headers={"Authorization": token})
+        await http.put("/api/user/chatrooms/0", json={"name": "fuzz"}, headers={"Authorization": token})
+    started = time.monotonic()
+    failures, cases = await trio.to_thread.run_sync(_fuzz, chat_base_url, spec, token)
+    print(f"fuzz: {sum(cases.values())} cases over {len(cases)} operations in "
+          f"{time.monotonic() - started:.0f} s")
     assert failures == []
-    async with httpx.AsyncClient(base_url=base_url, headers={"Host": "localhost"}) as http:
+    assert any("/chatrooms" in name for name in cases) and min(cases.values()) > 0, cases
+    async with httpx.AsyncClient(base_url=chat_base_url, headers={"Host": "localhost"}) as http:
         me = await http.get("/api/user/me", headers={"Authorization": token})
         assert me.status_code == 200  # the token stayed valid: every case reached its route
+        rooms = await http.get("/api/user/chatrooms", headers={"Authorization": token})
+        assert rooms.status_code == 200  # the chat service ran: the room routes were fuzzed
 
 
 async def _new_key(http: httpx.AsyncClient, email: str) -> dict[str, str]:
