@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -192,3 +194,45 @@ async def test_steady_run_opens_every_session_before_chatting(
     sent = sorted(m.sent_at for m in result.recorder.messages)
     assert sent[0] >= 0.3 and sent[-1] <= 0.3 + 0.2 + 1.0
     assert all(0 <= first_message_delay(i, cfg) <= cfg.think for i in range(6))
+
+
+# --- the script itself, run for real: its verdict and exit status -----------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("mock_tokens", "mismatch"),
+    [
+        (8, None),  # what the mock sends: every answer verified
+        (9, LOST),  # the verification expects a word more than the mock sends
+        (7, DUPLICATED),  # ... or a word less
+    ],
+)
+async def test_the_script_reports_its_verdict_in_its_result_line_and_exit_status(
+    db_settings: Settings, redis_actor: object, tmp_path: Path, mock_tokens: int,
+    mismatch: str | None,
+) -> None:
+    async with running_server(db_settings, mock={"tokens": 8, "delay_ms": 1}) as server:
+        argv = [sys.executable, "-m", "scripts.loadtest", "--url", server.url, "--users", "1",
+                "--sessions", "2", "--messages", "2", "--think", "0.01", "--quiet",
+                "--mock-tokens", str(mock_tokens), "--answer-timeout", "20",
+                "--duration", "60", "--json", str(tmp_path / "out.json")]
+        with trio.fail_after(90):
+            done = await trio.run_process(argv, cwd=ROOT, capture_stdout=True,
+                                          capture_stderr=True, check=False)
+    out = done.stdout.decode()
+    report = f"exit {done.returncode}\n{out}\n{done.stderr.decode()[-2000:]}"
+    result_lines = [line for line in out.splitlines() if line.startswith("RESULT:")]
+    summary = json.loads((tmp_path / "out.json").read_text())["summary"]
+    assert summary["answers_complete"] == 4 and summary["errors"] == {}, report
+    if mismatch is None:
+        assert done.returncode == 0, report
+        assert result_lines == ["RESULT: OK"], report
+        assert "answers differing from the upstream's: none" in out, report
+        assert summary["mismatches"] == {} and summary["failures"] == 0
+    else:
+        assert done.returncode == 1, report
+        assert result_lines == ["RESULT: 4 FAILURES"], report
+        assert f"answers differing from the upstream's: {mismatch}: 4" in out, report
+        assert summary["mismatches"] == {mismatch: 4} and summary["failures"] == 4
