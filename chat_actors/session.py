@@ -30,6 +30,8 @@ from core.errors import (
     ChatServerError,
     ContextOverflow,
     StorageError,
+    StorageTimeout,
+    StorageUnavailable,
     UpstreamContentFilter,
     UpstreamError,
 )
@@ -86,6 +88,11 @@ class ResumeQueue:
 
 
 @dataclass(frozen=True)
+class FlushUnsaved:
+    """Try again to write what Redis could not take (cast by the session's own retry timer)."""
+
+
+@dataclass(frozen=True)
 class CrashForTest:
     """Test-only fault hook: the registry refuses it unless test hooks are enabled."""
 
@@ -96,7 +103,7 @@ class Snapshot(Request["SessionSnapshot"]):
 
 
 SessionMsg = (Attach | Detach | UserInput | GenerationEnded | IdleTick | ResumeQueue
-              | CrashForTest | Snapshot)
+              | FlushUnsaved | CrashForTest | Snapshot)
 
 
 @dataclass(frozen=True)
@@ -127,11 +134,28 @@ class Generation:
         return "".join(self.parts)
 
 
+@dataclass(frozen=True)
+class Unsaved:
+    """The session's context while Redis could not take its changes: the session is the only
+    writer, so its memory is the truth, and one whole rewrite (idempotent) makes Redis match."""
+
+    profile: Profile
+    messages: list[StoredMessage]
+    next_id: int
+    changes: int  # kept since the last write that Redis took
+
+
+#: Changes a session keeps while Redis is unreachable; past it, new ones are refused.
+UNSAVED_LIMIT = 32
+#: Seconds between write attempts while changes are kept (doubling up to the last).
+FLUSH_RETRY = (0.25, 0.5, 1.0, 2.0)
+
+
 @dataclass
 class SessionSlot:
     """What survives a crash of the actor: the attached outboxes (sockets stay connected), the
-    user messages waiting for an answer, and the answer in progress (its text is stored, marked
-    partial, by the next incarnation)."""
+    user messages waiting for an answer, the answer in progress (its text is stored, marked
+    partial, by the next incarnation), and the changes Redis has not taken yet."""
 
     key: SessionKey
     outboxes: dict[int, Outbox] = field(default_factory=dict)
@@ -140,11 +164,13 @@ class SessionSlot:
     generations_started: int = 0  # ids stay unique across incarnations (the mailbox does too)
     incarnations: int = 0
     last_activity: float = 0.0  # a socket attached, left or spoke (the idle sweeper reads it)
+    unsaved: Unsaved | None = None
 
     def looks_idle(self, now: float, idle_seconds: float) -> bool:
         """Worth an ``IdleTick``: the session itself makes the final decision."""
         return (now - self.last_activity >= idle_seconds and self.generation is None
-                and not self.pending and all(o.closed for o in self.outboxes.values()))
+                and not self.pending and self.unsaved is None
+                and all(o.closed for o in self.outboxes.values()))
 
 
 HUMAN_ERRORS = {
@@ -153,6 +179,7 @@ HUMAN_ERRORS = {
     "upstream_error": "The model's server failed; the answer was cut short.",
     "content_filter": "The model's content filter stopped this answer; nothing was stored.",
     "storage_unavailable": "The chat history could not be saved; please retry.",
+    "answer_not_saved": "The chat history is unavailable: this answer was not saved.",
 }
 
 
@@ -170,6 +197,9 @@ class SessionActor(Actor[SessionMsg]):
         self.messages: list[StoredMessage] = []
         self.next_id = 0
         self.pending = slot.pending
+        self._stopping = False
+        self._flush_scheduled = False
+        self._flush_attempts = 0
 
     @property
     def generation(self) -> Generation | None:
@@ -182,12 +212,17 @@ class SessionActor(Actor[SessionMsg]):
     # ------------------------------------------------------------ lifecycle
     async def on_start(self) -> None:
         self.slot.incarnations += 1
-        loaded = await self.deps.store.load(self.key.user_id, self.key.room)
-        for repair in loaded.repairs:
-            log.error("session %s/%s context repaired: %s", self.key.user_id, self.key.room,
-                      repair)
-        self.profile, self.messages, self.next_id = (
-            loaded.profile, loaded.messages, loaded.next_id)
+        if self.slot.unsaved is not None:  # newer than Redis: go on from it, write it soon
+            kept = self.slot.unsaved
+            self.profile, self.messages, self.next_id = kept.profile, kept.messages, kept.next_id
+            self._schedule_flush()
+        else:
+            loaded = await self.deps.store.load(self.key.user_id, self.key.room)
+            for repair in loaded.repairs:
+                log.error("session %s/%s context repaired: %s", self.key.user_id,
+                          self.key.room, repair)
+            self.profile, self.messages, self.next_id = (
+                loaded.profile, loaded.messages, loaded.next_id)
         self._touch()
         if self.slot.incarnations > 1:
             await self._recover()
@@ -205,7 +240,9 @@ class SessionActor(Actor[SessionMsg]):
             self.nursery.start_soon(self.ref.cast, ResumeQueue())
 
     async def on_stop(self) -> None:
-        """A graceful stop (idle, room deleted, shutdown) keeps an answer in progress."""
+        """A graceful stop (idle, room deleted, shutdown) keeps an answer in progress; what
+        Redis has not taken yet gets one last write."""
+        self._stopping = True
         await self._end_answer(frames.error_frame(
             self.key.room, "session_stopped",
             "The chat session stopped; the answer was cut short and its text kept."))
@@ -215,6 +252,14 @@ class SessionActor(Actor[SessionMsg]):
             self._push(self._outboxes(), frames.error_frame(
                 self.key.room, "session_stopped",
                 f"The chat session stopped; {dropped} waiting message(s) were not answered."))
+        if self.slot.unsaved is not None and not await self._flush_unsaved():
+            lost = self.slot.unsaved.changes
+            log.error("session %s/%s stopped with %d change(s) Redis never took: lost",
+                      self.key.user_id, self.key.room, lost)
+            self._push(self._outboxes(), frames.error_frame(
+                self.key.room, "answer_not_saved",
+                f"The chat session stopped while the chat history was unavailable; its last "
+                f"{lost} change(s) were not saved."))
 
     # ------------------------------------------------------------ the loop
     async def handle(self, msg: SessionMsg) -> object:
@@ -236,6 +281,10 @@ class SessionActor(Actor[SessionMsg]):
                     await self._finish_generation(error)
             case ResumeQueue():
                 await self._next_pending()
+            case FlushUnsaved():
+                self._flush_scheduled = False
+                if not await self._flush_unsaved():
+                    self._schedule_flush()
             case IdleTick():
                 if self._is_idle():
                     log.info("session %s/%s idle: stopping", self.key.user_id, self.key.room)
@@ -384,21 +433,24 @@ class SessionActor(Actor[SessionMsg]):
 
     async def _end_answer(self, last_frame: frames.Frame, *, complete: bool = False,
                           store: bool = True) -> None:
-        """The one way an answer ends: cancel its stream, send its last frame at once, then
-        store its text (marked partial unless ``complete``) with the history trimmed."""
+        """The one way an answer ends: cancel its stream, store its text (marked partial unless
+        ``complete``) with the history trimmed, then send its last frame. A client that saw
+        the last frame finds the answer in history; when it could be neither stored nor kept
+        for later, an ``answer_not_saved`` error takes the last frame's place."""
         gen, self.generation = self.generation, None
         if gen is None:
             return
         gen.cancel_scope.cancel()  # the upstream response closes as the task unwinds
+        if store and gen.parts:
+            try:
+                await self._store_answer(gen, partial=not complete)
+            except StorageError as exc:
+                log.error("session %s/%s could not store an answer: %s",
+                          self.key.user_id, self.key.room, exc)
+                last_frame = frames.error_frame(
+                    self.key.room, "answer_not_saved", HUMAN_ERRORS["answer_not_saved"],
+                    str(exc))
         self._push(self._outboxes(), last_frame)
-        if not store or not gen.parts:
-            return
-        try:
-            await self._store_answer(gen, partial=not complete)
-        except StorageError as exc:
-            log.error("session %s/%s could not store an answer: %s",
-                      self.key.user_id, self.key.room, exc)
-            self._push(self._outboxes(), self._error_frame(exc))
 
     async def _store_answer(self, gen: Generation, *, partial: bool) -> None:
         """Append the answer (dropping what it replaces) and trim the history to budget, in
@@ -435,15 +487,67 @@ class SessionActor(Actor[SessionMsg]):
         """
         removed = {m.id for m in remove}
         after = [m for m in self.messages if m.id not in removed] + list(append)
-        applied = await self.deps.store.change(
-            self.key.user_id, self.key.room, append=append, remove=remove,
-            next_id=self.next_id, count=len(after))
-        if not applied:
-            log.error("session %s/%s stored context differed from the session's: rewritten",
-                      self.key.user_id, self.key.room)
-            await self.deps.store.rewrite(self.key.user_id, self.key.room, after, self.next_id,
-                                          profile=self.profile)
+        try:
+            if self.slot.unsaved is not None:  # Redis is behind: the whole context, in order
+                await self._rewrite(after)
+                self._saved_again()
+            else:
+                applied = await self.deps.store.change(
+                    self.key.user_id, self.key.room, append=append, remove=remove,
+                    next_id=self.next_id, count=len(after))
+                if not applied:
+                    log.error("session %s/%s stored context differed from the session's: "
+                              "rewritten", self.key.user_id, self.key.room)
+                    await self._rewrite(after)
+        except (StorageUnavailable, StorageTimeout) as exc:
+            changes = self.slot.unsaved.changes if self.slot.unsaved is not None else 0
+            if self._stopping or changes >= UNSAVED_LIMIT:
+                raise
+            if changes == 0:
+                log.warning("session %s/%s keeps its changes until Redis is back: %s",
+                            self.key.user_id, self.key.room, exc)
+            self.slot.unsaved = Unsaved(self.profile, after, self.next_id, changes + 1)
+            self._schedule_flush()
         self.messages = after
+        if self.slot.unsaved is not None:  # keep what survives a crash in step
+            self.slot.unsaved = Unsaved(self.profile, after, self.next_id,
+                                        self.slot.unsaved.changes)
+
+    async def _rewrite(self, messages: Sequence[StoredMessage]) -> None:
+        await self.deps.store.rewrite(self.key.user_id, self.key.room, messages, self.next_id,
+                                      profile=self.profile)
+
+    def _saved_again(self) -> None:
+        if self.slot.unsaved is not None:
+            log.warning("session %s/%s: Redis took the %d change(s) it kept", self.key.user_id,
+                        self.key.room, self.slot.unsaved.changes)
+            self.slot.unsaved = None
+        self._flush_attempts = 0
+
+    async def _flush_unsaved(self) -> bool:
+        """Write the kept context whole; True when Redis has it (or nothing was kept)."""
+        if self.slot.unsaved is None:
+            return True
+        try:
+            await self._rewrite(self.messages)
+        except StorageError as exc:
+            log.info("session %s/%s: Redis still refuses the kept changes: %s",
+                     self.key.user_id, self.key.room, exc)
+            return False
+        self._saved_again()
+        return True
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled or self._stopping:
+            return
+        self._flush_scheduled = True
+        delay = FLUSH_RETRY[min(self._flush_attempts, len(FLUSH_RETRY) - 1)]
+        self._flush_attempts += 1
+        self.nursery.start_soon(self._flush_later, delay)
+
+    async def _flush_later(self, delay: float) -> None:
+        await trio.sleep(delay)
+        await self.ref.cast(FlushUnsaved())
 
     async def remove_messages(self, doomed: Sequence[StoredMessage]) -> None:
         await self._store(remove=doomed)
@@ -535,7 +639,8 @@ class SessionActor(Actor[SessionMsg]):
 
 
 __all__ = [
-    "Attach", "CrashForTest", "Detach", "GenerationEnded", "IdleTick", "ResumeQueue",
+    "Attach", "CrashForTest", "Detach", "FlushUnsaved", "GenerationEnded", "IdleTick",
+    "ResumeQueue",
     "SessionActor", "SessionKey", "SessionMsg", "SessionSlot", "SessionSnapshot", "Snapshot",
     "UserInput",
 ]

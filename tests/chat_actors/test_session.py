@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from chat_actors import frames
+from chat_actors import session as session_module
 from chat_actors.outbox import Outbox
 from chat_actors.service import Chat, open_chat
 from core.errors import StorageError
@@ -209,7 +210,7 @@ async def read_until_finish(box: Outbox, timeout: float = 10) -> list[dict[str, 
                 return seen
 
 
-async def test_redis_down_gives_an_error_frame_and_the_session_goes_on(
+async def test_redis_down_the_session_keeps_its_answers_and_writes_them_back(
     db_settings: Settings, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     redis = redis_server(tmp_path)
@@ -224,47 +225,78 @@ async def test_redis_down_gives_an_error_frame_and_the_session_goes_on(
             box = Outbox()
             ref = await chat.registry.attach(11, "0", box)
             await drain(box)
-            await chat.registry.send(ref, box, "before")
-            first = await read_answer(box)
-            assert first == expected_answer([{"role": "user", "content": "before"}], 5)
-            await chat.registry.snapshot(11, "0")  # handled after the answer is stored
+
+            async def ask(text: str) -> str:
+                await chat.registry.send(ref, box, text)
+                *deltas, last = await read_until_finish(box)
+                assert all(frames.is_delta(f) for f in deltas), deltas
+                assert last == frames.terminator_frame("0"), last  # stored, or kept for later
+                answer = "".join(str(f["msg"]) for f in deltas)
+                assert answer == expected_answer([{"role": "user", "content": text}], 5)
+                return answer
+
+            first = await ask("before")
             redis.kill()
-            await chat.registry.send(ref, box, "while down")
-            down = await read_until_finish(box)
-            *deltas, last = down
-            # The answer may have started streaming while the message was being stored: only
-            # deltas of the right answer, then the error in the terminator's place.
-            assert all(frames.is_delta(f) for f in deltas), down
-            streamed = "".join(str(f["msg"]) for f in deltas)
-            assert expected_answer([{"role": "user", "content": "while down"}], 5).startswith(
-                streamed)
-            assert "error" in last, f"no error in the terminator's place: {down}"
-            assert last["error"]["code"] == "storage_unavailable", down  # type: ignore[index]
-            redis.restart()
-            with trio.fail_after(10):
-                while True:  # the actor reconnects by itself; wait until it has
-                    try:
-                        await storage.redis.ping()
-                        break
-                    except StorageError:
-                        await trio.sleep(0.1)
-            assert not box.pending, "frames after the error that ended the answer"
-            await chat.registry.send(ref, box, "after")
-            after = await read_until_finish(box)
-            *deltas, last = after
-            assert deltas and all(frames.is_delta(f) for f in deltas), after
-            assert last == frames.terminator_frame("0"), after
-            third = "".join(str(f["msg"]) for f in deltas)
-            assert third == expected_answer([{"role": "user", "content": "after"}], 5)
-            # "while down" and its cut answer were never stored; the restarted Redis lost
-            # everything, so the session rewrote the context from memory with "after".
+            # Redis is gone: the session answers from memory and keeps what it could not write.
+            during = [await ask("while down"), await ask("still down")]
+            redis.restart()  # empty: it kept nothing on disk
             expected = [("user", "before", False), ("assistant", first, False),
-                        ("user", "after", False), ("assistant", third, False)]
-            snap = await chat.registry.snapshot(11, "0")
-            assert [(m.role, m.content, m.partial) for m in snap.messages] == expected
+                        ("user", "while down", False), ("assistant", during[0], False),
+                        ("user", "still down", False), ("assistant", during[1], False)]
+            # Without any new message the session writes its context back once Redis answers.
+            with trio.fail_after(15):
+                while True:
+                    try:
+                        loaded = await chat.store.load(11, "0")
+                        if len(loaded.messages) == len(expected):
+                            break
+                    except StorageError:
+                        pass
+                    await trio.sleep(0.1)
+            assert [(m.role, m.content, m.partial) for m in loaded.messages] == expected
+            third = await ask("after")
+            expected += [("user", "after", False), ("assistant", third, False)]
             await chat.registry.stop_session(11, "0")  # the next actor reloads from Redis
             snap = await chat.registry.snapshot(11, "0")
             assert [(m.role, m.content, m.partial) for m in snap.messages] == expected
             assert not box.pending
+    finally:
+        redis.kill()
+
+
+async def test_past_its_bound_a_session_refuses_new_messages_while_redis_is_down(
+    db_settings: Settings, tmp_path: Path, nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(session_module, "UNSAVED_LIMIT", 2)
+    redis = redis_server(tmp_path)
+    redis.start()
+    try:
+        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=5,
+                                           delay_ms=1))
+        settings = load_settings(
+            api_env="test", redis_url=f"redis://127.0.0.1:{redis.port}/0", redis_timeout=1.0,
+            database_url=db_settings.database_url, openai_base_url=f"http://127.0.0.1:{port}/v1")
+        async with open_storage(settings) as storage, open_chat(settings, storage) as chat:
+            box = Outbox()
+            ref = await chat.registry.attach(12, "0", box)
+            await drain(box)
+            redis.kill()
+            # Two changes kept (the question and its answer), then the bound: the next question
+            # is refused (its answer cancelled by the error), nothing of it kept.
+            await chat.registry.send(ref, box, "kept")
+            assert (await read_until_finish(box))[-1] == frames.terminator_frame("0")
+            await chat.registry.send(ref, box, "refused")
+            last = (await read_until_finish(box))[-1]
+            assert last["error"]["code"] == "storage_unavailable", last  # type: ignore[index]
+            snap = await chat.registry.snapshot(12, "0")
+            assert [m.content for m in snap.messages][:1] == ["kept"]
+            assert "refused" not in [m.content for m in snap.messages]
+            # Stopping with Redis still down: what was kept cannot be written; the socket is
+            # told, not left believing it was saved.
+            await chat.registry.stop_session(12, "0")
+            told = await drain(box)
+            assert any(f.get("error", {}).get("code") == "answer_not_saved"  # type: ignore[union-attr]
+                       for f in told), told
     finally:
         redis.kill()
