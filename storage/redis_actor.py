@@ -14,9 +14,13 @@ GETDEL, ...) is then lost: see ``execute`` for the LMOVE pattern. ``transaction`
 on their own; ``blocking`` uses its own pool without socket timeout, and when cancelled redis-py
 drops that connection so the server forgets the BLPOP (it cannot steal a later message).
 
-Errors are mapped in one place, ``storage.errors.map_redis_error``. Retries are off: a command
-that fails on a dead connection is reported, not silently sent again; the pool checks a pooled
-connection on checkout and reconnects, so calls succeed again once Redis is back.
+Errors are mapped in one place, ``storage.errors.map_redis_error``. A call that meets a dead
+connection (Redis restarted since the connection was opened: redis-py's ``ConnectionError``) is
+sent once more on a fresh connection, so a restart is invisible to the chat; a timeout is never
+repeated. The one repeat is safe because every write this project makes is idempotent or
+checked: whole-context rewrites, the context store's checked change (a change that already ran
+fails its check and the session rewrites instead), HSET/DEL/EXPIRE, and the HMAC nonce, whose
+``SET NX GET`` recognises its own earlier attempt.
 """
 
 from __future__ import annotations
@@ -220,13 +224,15 @@ class RedisActor:
 
 
 def _make_clients(url: str, timeout: float) -> tuple[aioredis.Redis, aioredis.Redis]:
+    # One more attempt, on a fresh connection, only for a connection found dead.
+    retry = Retry(NoBackoff(), 1, supported_errors=(aioredis.ConnectionError,))
     no_retry = Retry(NoBackoff(), 0)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=no_retry,
+        retry=retry,
         max_connections=POOL_SIZE,
         timeout=timeout,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -101,9 +102,11 @@ async def authenticate_signed_query(
 
     nonce = hashlib.sha256(access_key.encode() + b"\n" + raw_query).hexdigest()
     redis = services.storage.redis
-    fresh = await redis.execute(
-        "SET", redis.key("hmac-nonce", nonce), "1", "NX", "EX", settings.hmac_window_seconds * 2
+    mine = secrets.token_hex(8)  # a repeat of this very SET (a reconnect) finds its own mark
+    earlier = await redis.execute(
+        "SET", redis.key("hmac-nonce", nonce), mine, "NX", "GET", "EX",
+        settings.hmac_window_seconds * 2,
     )
-    if not fresh:
+    if earlier is not None and earlier != mine:
         raise ApiError(401, "signature_replayed", "This signed request was already used.")
     return check_key_record(record, client_ip)
