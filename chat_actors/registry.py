@@ -161,6 +161,10 @@ class SessionRegistry:
         ref = await self.session(user_id, room)
         await ref.cast(CrashForTest())
 
+    def generating(self) -> int:
+        """How many sessions have an answer in progress."""
+        return sum(1 for slot in list(self._slots.values()) if slot.generation is not None)
+
     def keys_of(self, user_id: int) -> list[SessionKey]:
         keys = self._sup.keys()  # a supervisor, not a dict: it is not iterable itself
         return [k for k in keys if isinstance(k, SessionKey) and k.user_id == user_id]

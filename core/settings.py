@@ -120,6 +120,9 @@ class Settings(BaseSettings):
 
     # Sessions
     session_idle_seconds: float = Field(300.0, gt=0)
+    shutdown_grace_seconds: float = Field(
+        5.0, ge=0, description="on SIGTERM: how long answers in flight may finish before they "
+                               "are cut (stored partial) and the sockets closed with 1012")
     session_queue_limit: int = Field(8, ge=1)
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     max_message_tokens: int = Field(4_000, ge=1)

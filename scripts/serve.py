@@ -78,13 +78,18 @@ def needs_mock_upstream(settings: Settings) -> bool:
     return not settings.openai_api_key and urlsplit(settings.openai_base_url).hostname == OPENAI
 
 
-async def until_stop_signal(signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
-    """Returns at the first SIGINT or SIGTERM (what docker, systemd and Ctrl-C send): Hypercorn
-    then shuts down gracefully (sessions stopped, their answers stored, the lease released).
-    A second signal cancels everything at once."""
+async def until_stop_signal(signals: AsyncIterator[int], nursery: trio.Nursery,
+                            app: object) -> None:
+    """Returns at the first SIGINT or SIGTERM (what docker, systemd and Ctrl-C send), once the
+    chat edge is drained (``web.drain``: answers finish or are stored partial, every socket
+    gets its close frame); Hypercorn then shuts down (the lease released). A second signal
+    cancels everything at once."""
+    from web.drain import drain_chat
+
     async for signum in signals:
         print(f"{signal.Signals(signum).name}: shutting down (again to stop at once)", flush=True)
         nursery.start_soon(_stop_at_second_signal, signals, nursery.cancel_scope)
+        await drain_chat(app)
         return
 
 
@@ -127,7 +132,7 @@ async def _main(settings: Settings) -> None:
             print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: "
                   "/docs)", flush=True)
             await serve(app, config, mode="asgi",
-                        shutdown_trigger=partial(until_stop_signal, signals, nursery))
+                        shutdown_trigger=partial(until_stop_signal, signals, nursery, app))
             nursery.cancel_scope.cancel()
 
 

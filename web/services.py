@@ -48,6 +48,7 @@ class Services:
     storage: Storage
     chat: object | None = None
     socket_watch: SocketWatch | None = None  # set by the chat service: open sockets' key checks
+    draining: bool = False  # shutting down: no new chat sockets (web.drain)
     user_deleted_hooks: list[UserDeletedHook] = field(default_factory=list)
     passwords: Passwords = field(default_factory=Passwords)
     key_cache: KeyAuthCache = field(init=False)

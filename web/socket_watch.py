@@ -1,5 +1,8 @@
 """Open chat sockets lose their right to chat when their key or account does.
 
+``SocketWatch`` knows every open chat socket of the process, by user: for the key checks below,
+and so that a shutdown can close them all (``web.drain``).
+
 A socket's key is checked before the upgrade; ``SocketWatch`` keeps checking it while the socket
 is open. One task per process, not one timer per socket:
 
@@ -30,6 +33,7 @@ from web.key_cache import KeyAuthCache
 log = logging.getLogger("chat.ws")
 
 BATCH = 500  # access keys per database unit
+CLOSE_POLICY = 1008  # WebSocket close code: the key or account may no longer chat
 ACCOUNT_CODES = frozenset({"user_blocked", "user_deleted", "user_not_found"})
 ACCOUNT_CLOSED = ("account_closed", "This account is closed; the chat socket is closed.")
 
@@ -46,7 +50,7 @@ class WatchedSocket:
     access_key: str
     client_ip: str
     user_id: int
-    revoke: Callable[[str, str], None]  # (code, message): close the socket with that error
+    end: Callable[[str, str, int], None]  # (code, message, close code): a last error, a close
 
 
 class SocketWatch:
@@ -77,7 +81,13 @@ class SocketWatch:
     def close_user(self, user_id: int) -> None:
         """The account is being deleted: close its sockets now (before its data goes)."""
         for socket in list(self._by_user.get(user_id, ())):
-            socket.revoke(*ACCOUNT_CLOSED)
+            socket.end(*ACCOUNT_CLOSED, CLOSE_POLICY)
+
+    def close_all(self, code: str, msg: str, close_code: int) -> None:
+        """The server is going away: every socket gets a last error frame and its close."""
+        for sockets in list(self._by_user.values()):
+            for socket in list(sockets):
+                socket.end(code, msg, close_code)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_user.values())
@@ -115,4 +125,4 @@ class SocketWatch:
                 try:
                     check_key_record(records.get(socket.access_key), socket.client_ip)
                 except ApiError as exc:
-                    socket.revoke(*revocation(exc))
+                    socket.end(*revocation(exc), CLOSE_POLICY)

@@ -26,7 +26,7 @@ from chat_actors.service import Chat
 from core.errors import AccountClosed, ActorDead, ApiError, StorageError
 from web.auth_keys import AuthedKey, authenticate_access_key
 from web.services import SERVICES_EXTENSION, Services, get_services
-from web.socket_watch import ACCOUNT_CLOSED, WatchedSocket
+from web.socket_watch import ACCOUNT_CLOSED, CLOSE_POLICY, WatchedSocket
 from web.state import state_of
 
 log = logging.getLogger("chat.ws")
@@ -37,7 +37,7 @@ OUTBOX_STUCK_SECONDS = 30.0
 #: Bound of the work before the init frame (key check, session start): past it the client gets
 #: an answer (503 / an error frame) instead of a socket that hangs.
 JOIN_TIMEOUT = 15.0
-CLOSE_POLICY, CLOSE_ERROR = 1008, 1011
+CLOSE_ERROR = 1011
 
 
 class BadFrame(Exception):
@@ -89,6 +89,8 @@ async def chat_socket(access_key: str) -> Response | None:
     chat = services.chat
     if not isinstance(chat, Chat):
         return _reject(503, "not_ready", "The chat service is not running.")
+    if services.draining:
+        return _reject(503, "server_restarting", "The server is restarting; retry shortly.")
     state = state_of(websocket.scope)
     try:
         room = parse_room_id(websocket.args.get("chat_room_id", "0"))
@@ -106,7 +108,7 @@ async def chat_socket(access_key: str) -> Response | None:
     state.user_id, state.api_key_id = authed.user_id, authed.key_id
     await websocket.accept()
     socket = ChatSocket(chat, authed, room)
-    watched = WatchedSocket(access_key, state.client_ip, authed.user_id, socket.revoke)
+    watched = WatchedSocket(access_key, state.client_ip, authed.user_id, socket.end)
     watch = services.socket_watch
     if watch is not None:
         watch.add(watched)
@@ -146,12 +148,13 @@ class ChatSocket:
         self.max_bytes = chat.settings.max_frame_bytes
         self.close_code: int | None = None  # set when the server ends the socket on purpose
 
-    def revoke(self, code: str, msg: str) -> None:
-        """The key or account may no longer chat: a last error frame, then the close."""
+    def end(self, code: str, msg: str, close_code: int = CLOSE_POLICY) -> None:
+        """The server ends this socket (key revoked, account closed, shutdown): a last error
+        frame with ``close: true``, then the close frame once the outbox is flushed."""
         if self.outbox.closed:
             return
         self.outbox.push(frames.error_frame(self.room, code, msg, close=True))
-        self.close_code = CLOSE_POLICY
+        self.close_code = close_code
         self.outbox.close(code)
 
     async def run(self) -> None:
@@ -163,7 +166,7 @@ class ChatSocket:
                     with trio.fail_after(JOIN_TIMEOUT):
                         await self._enter(self.room)
                 except AccountClosed:
-                    self.revoke(*ACCOUNT_CLOSED)
+                    self.end(*ACCOUNT_CLOSED)
                     return
                 except (StorageError, ActorDead, trio.TooSlowError) as exc:
                     log.error("socket could not join room %s: %r", self.room, exc)
@@ -206,8 +209,12 @@ class ChatSocket:
                     self.outbox.push(frames.error_frame(self.room, "bad_frame",
                                                         "'msg' must not be empty."))
             except AccountClosed:  # deleted while this message was on its way
-                self.revoke(*ACCOUNT_CLOSED)
+                self.end(*ACCOUNT_CLOSED)
                 return
+            except ActorDead:  # no session could be started (the server is stopping)
+                self.outbox.push(frames.error_frame(
+                    self.room, "session_unavailable",
+                    "The chat session could not be started; retry shortly."))
 
     async def _send(self, frame: ClientFrame) -> None:
         text = frame.msg
