@@ -160,39 +160,43 @@ class LiveServer:
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.procs)
 
 
+def start_mock_upstream(
+    env: dict[str, str], log_dir: Path, *, tokens: int, delay_ms: int
+) -> tuple[Proc, str]:
+    """``python -m scripts.mock_upstream`` on a free port, ready; the process and its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "scripts.mock_upstream", "--host", "127.0.0.1",
+            "--port", str(port), "--tokens", str(tokens), "--delay-ms", str(delay_ms)]
+    mock = start_proc("mock_upstream", argv, env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(mock, f"{url}/v1/models")
+    except BaseException:
+        mock.stop()
+        raise
+    return mock, url
+
+
 @contextmanager
 def live_server(
-    log_dir: Path, *, mock_tokens: int = 16, mock_delay_ms: int = 15
+    log_dir: Path, *, mock_tokens: int = 16, mock_delay_ms: int = 15,
+    upstream_url: str | None = None,
 ) -> Iterator[LiveServer]:
-    """Mock upstream + the app, each in its own subprocess, on free ports; torn down after."""
+    """Mock upstream + the app, each in its own subprocess, on free ports; torn down after.
+    With ``upstream_url`` (``http://host:port``, serving ``/v1``) the app uses that upstream
+    instead and no mock is started."""
     log_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"test:page:{uuid.uuid4().hex}:"
     procs: list[Proc] = []
     with fresh_database() as db_url:
         try:
             base_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-            mock_port = free_port()
-            mock = start_proc(
-                "mock_upstream",
-                [
-                    sys.executable,
-                    "-m",
-                    "scripts.mock_upstream",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(mock_port),
-                    "--tokens",
-                    str(mock_tokens),
-                    "--delay-ms",
-                    str(mock_delay_ms),
-                ],
-                base_env,
-                log_dir,
-            )
-            procs.append(mock)
-            mock_url = f"http://127.0.0.1:{mock_port}"
-            wait_http(mock, f"{mock_url}/v1/models")
+            if upstream_url is None:
+                mock, mock_url = start_mock_upstream(
+                    base_env, log_dir, tokens=mock_tokens, delay_ms=mock_delay_ms)
+                procs.append(mock)
+            else:
+                mock_url = upstream_url
 
             port = free_port()
             env = {

@@ -23,6 +23,7 @@ import pytest
 
 from scripts.mock_upstream import expected_answer
 from tests.web.conftest_page import CHROMIUM, CHROMIUM_ARGS, LiveServer, live_server
+from tests.web.scripted_upstream import Script, scripted_upstream
 
 pytestmark = [
     pytest.mark.skipif(
@@ -338,7 +339,19 @@ def test_chat_scenario(page: Any, server: LiveServer, watch: PageWatch) -> None:
     assert watch.dialogs == [] and watch.errors == []
 
 
-def test_commands_errors_and_buttons(page: Any, watch: PageWatch) -> None:
+def mock_requests(server: LiveServer) -> list[dict[str, Any]]:
+    """The chat requests the mock upstream received (their bodies), oldest first."""
+    r = httpx.get(f"{server.mock_url}/mock/requests", params={"n": 1000}, timeout=5)
+    bodies: list[dict[str, Any]] = [entry["body"] for entry in r.json()["requests"]]
+    return bodies
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    text: str = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
+    return text
+
+
+def test_commands_errors_and_buttons(page: Any, server: LiveServer, watch: PageWatch) -> None:
     register(page)
     create_key(page)
     wait_connected(page)
@@ -364,12 +377,17 @@ def test_commands_errors_and_buttons(page: Any, watch: PageWatch) -> None:
     expect()(error).to_have_attribute("data-error-code", "too_long")
     expect()(error).to_contain_text("too long")
 
-    # Retry replaces the last answer with a new one.
+    # Retry asks the upstream again and replaces the last answer with the new one.
     send(page, "first question")
-    last_answer_done(page)
+    first_answer = last_answer_done(page)
+    old = messages(page, "assistant").last.element_handle()
+    asked = len(mock_requests(server))
     page.get_by_test_id("retry-button").click()
+    page.wait_for_function("(element) => !element.isConnected", arg=old)
     expect()(messages(page, "assistant")).to_have_count(1)
-    last_answer_done(page)
+    assert squash(last_answer_done(page)) == squash(first_answer)  # the mock is deterministic
+    retried = mock_requests(server)[asked:]
+    assert [last_user_text(body) for body in retried] == ["first question"]
 
     # Clear (two clicks: no browser dialog) empties the conversation.
     clear = page.get_by_test_id("clear-button")
@@ -471,3 +489,91 @@ def test_phone_screen_keyboard_only(phone: Any, watch: PageWatch) -> None:
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390
     assert watch.dialogs == [] and watch.errors == []
+
+
+# A hostile answer: the upstream (scripted, see tests/web/scripted_upstream.py) sends Markdown
+# with javascript: links and raw HTML with event handlers; streamed 7 characters a chunk, so the
+# page renders every partial text too.
+HOSTILE_ANSWER = (
+    "Links: [x](javascript:window.__pwned='link') [y](JAVASCRIPT:alert(1)) "
+    "[z](&#106;avascript:alert(2)) [w](<javascript:alert(3)>) [fine](https://example.com/).\n\n"
+    "<img src=x onerror=\"window.__pwned='img'\">\n\n"
+    "Inline <img src=x onerror=window.__pwned='inline'> and "
+    "<a href=\"javascript:window.__pwned='a'\">a</a> and <svg onload=\"alert(4)\"></svg>.\n\n"
+    "**still Markdown**"
+)
+
+# Every attribute of the answer's elements that could run script: on* handlers, and URLs with a
+# javascript: scheme (however it is cased or padded).
+FIND_SCRIPT_VECTORS = """(body) => {
+  const found = [];
+  for (const el of [body, ...body.querySelectorAll('*')]) {
+    for (const attr of el.attributes) {
+      const value = attr.value.replace(/[\\s\\u0000-\\u001f]/g, '').toLowerCase();
+      if (attr.name.toLowerCase().startsWith('on') || value.startsWith('javascript:')) {
+        found.push(`${el.tagName} ${attr.name}=${attr.value}`);
+      }
+    }
+  }
+  return found;
+}"""
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    log_dir = tmp_path_factory.mktemp("hostile_server")
+    with (
+        scripted_upstream(Script(answer=HOSTILE_ANSWER, chunk_size=7)) as upstream_url,
+        live_server(log_dir, upstream_url=upstream_url) as live,
+    ):
+        yield live
+
+
+@pytest.fixture
+def hostile_page(
+    request: pytest.FixtureRequest,
+    browser: Any,
+    hostile_server: LiveServer,
+    watch: PageWatch,
+    tmp_path: Path,
+) -> Iterator[Any]:
+    yield from _open_page(request, browser, hostile_server, watch, tmp_path)
+
+
+def assert_answer_is_harmless(page: Any) -> None:
+    body = messages(page, "assistant").last.get_by_test_id("message-body")
+    expect()(body.locator("strong")).to_have_text("still Markdown")  # rendered as Markdown
+    expect()(body).to_contain_text("<img src=x onerror=")  # raw HTML is shown as text
+    assert body.evaluate(FIND_SCRIPT_VECTORS) == []
+
+
+def test_hostile_markdown_answer_is_rendered_harmless(hostile_page: Any, watch: PageWatch) -> None:
+    """Sanitized, not merely blocked: no handler or javascript: URL reaches the DOM (the
+    Content-Security-Policy would stop them running, but it logs what it had to block)."""
+    page = hostile_page
+    register(page)
+    create_key(page)
+    wait_connected(page)
+    send(page, "say something nasty")
+    last_answer_done(page)
+    assert_answer_is_harmless(page)
+    links = messages(page, "assistant").last.get_by_test_id("message-body").locator("a")
+    for index in range(links.count()):
+        if links.nth(index).get_attribute("href") is None:
+            links.nth(index).click()  # a link that lost its javascript: URL does nothing
+    page.wait_for_timeout(300)
+    assert page.evaluate("() => window.__pwned") is None
+
+    page.reload()  # the stored answer, rendered from the history this time
+    wait_connected(page)
+    expect()(messages(page, "assistant")).to_have_count(1)
+    assert_answer_is_harmless(page)
+    assert page.evaluate("() => window.__pwned") is None
+    assert watch.dialogs == [] and watch.errors == []
+    assert not [e for e in watch.console_errors if "Content Security Policy" in e]
+
+
+def test_docs_page_renders_in_standards_mode(page: Any) -> None:
+    page.goto("/docs")
+    assert page.evaluate("() => document.compatMode") == "CSS1Compat"
+    expect()(page.locator(".opblock").first).to_be_visible()
