@@ -57,10 +57,13 @@ class Server:
         self.start()
 
 
-def redis_server(tmp: Path) -> Server:
+def redis_server(tmp: Path, *, durable: bool = False) -> Server:
+    """``durable``: an append-only file fsynced on every write, so a kill -9 loses nothing
+    Redis acknowledged (what a restart then brings back)."""
     binary = require_tool("redis-server", "redis-server")
     port = spare_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     argv += ["--dir", str(tmp)]
     return Server(argv, port, tmp / "redis.log")
 
