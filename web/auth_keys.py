@@ -88,7 +88,7 @@ async def authenticate_signed_query(
     if not _TIMESTAMP.fullmatch(timestamp_text):
         raise ApiError(401, "timestamp_invalid", "'timestamp' must be unix seconds.")
     current = time.time() if now is None else now
-    if abs(current - int(timestamp_text)) > settings.hmac_window_seconds:
+    if abs(int(current) - int(timestamp_text)) > settings.hmac_window_seconds:  # whole seconds
         raise ApiError(401, "timestamp_skew", "'timestamp' is outside the allowed window.")
 
     record = None
