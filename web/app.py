@@ -45,7 +45,14 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 async def forget_key_checks(response: Response) -> Response:
-    """A change to keys, allow-lists or the user: cached key checks must not outlive it."""
+    """A change to keys, allow-lists or the user: cached key checks must not outlive it.
+
+    A 503 changed nothing (storage refused the unit, or the server is not serving): clearing
+    then would turn a MariaDB outage into refused sockets for every key a client retries on
+    (a commit whose acknowledgement was lost is the exception, seen within the TTL as any
+    change made elsewhere)."""
+    if response.status_code == 503:
+        return response
     if request.method not in ("GET", "HEAD", "OPTIONS") and request.path.startswith("/api/user"):
         services = current_app.extensions.get(SERVICES_EXTENSION)
         if services is not None:
