@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from chat_actors.chat_limits import ChatLimits
 from chat_actors.registry import SessionRegistry
 from chat_actors.server_lease import ServerLease, lease_seconds
 from chat_actors.session_commands import CommandRunner
@@ -91,6 +92,7 @@ class Chat:
     upstream: UpstreamClient
     rooms: RoomHooks
     translator: Translator
+    limits: ChatLimits
 
     async def delete_room(self, user_id: int, room: str) -> None:
         """Stop the room's session, then remove its stored context and its row."""
@@ -124,8 +126,9 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
         if lease is not None:
             await lease.take()  # before anything starts: a second process stops here
         async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
+            limits = ChatLimits.from_settings(storage.redis, settings)
             deps = SessionDeps(settings=settings, store=store, upstream=upstream,
-                               commands=CommandRunner(), rooms=rooms)
+                               commands=CommandRunner(), rooms=rooms, limits=limits)
             registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
             async with trio.open_nursery() as nursery:
                 if lease is not None:
@@ -137,7 +140,8 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
                 nursery.start_soon(_warm_tokenizer, settings.default_model)
                 try:
                     yield Chat(settings=settings, registry=registry, store=store,
-                               upstream=upstream, rooms=rooms, translator=translator)
+                               upstream=upstream, rooms=rooms, translator=translator,
+                               limits=limits)
                 finally:
                     await registry.stop()
                     with trio.move_on_after(2) as scope:

@@ -11,6 +11,7 @@ Reads top to bottom: the messages it accepts, its state, its loop (``handle``), 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from core.errors import (
     BudgetError,
     ChatServerError,
     ContextOverflow,
+    LimitError,
     StorageError,
     StorageTimeout,
     StorageUnavailable,
@@ -128,6 +130,8 @@ class Generation:
     parts: list[str] = field(default_factory=list)
     #: The stream is over and GenerationEnded is on its way: /stop has nothing left to stop.
     finished: bool = False
+    #: Its slot among the user's answers at once (``ChatLimits``), unique across processes.
+    slot_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @property
     def text(self) -> str:
@@ -327,6 +331,9 @@ class SessionActor(Actor[SessionMsg]):
             self.send(msg.outbox_id, frames.error_frame(
                 self.key.room, exc.code, HUMAN_ERRORS.get(exc.code, str(exc)),
                 type(exc).__name__))
+        except LimitError as exc:
+            self.send(msg.outbox_id, frames.error_frame(
+                self.key.room, exc.code, str(exc), str(exc.retry_after)))
 
     async def _ask(self, msg: UserInput) -> None:
         """Count and check the user message, start answering it, and store it meanwhile: the
@@ -336,9 +343,10 @@ class SessionActor(Actor[SessionMsg]):
         check_message(self.messages, tokens, self.budget)
         user_msg = self._new_message("user", msg.text, tokens)
         # The other sockets see the question before any frame of its answer.
+        gen = await self._new_generation(user_msg)  # may refuse: nothing sent, nothing stored
         echo = frames.echo_frame(self.key.room, msg.text)
         self._push((o for o in self._outboxes() if o.id != msg.outbox_id), echo)
-        self.start_generation(user_msg)
+        self.start_generation(gen)
         try:
             await self._store(append=[user_msg])
         except StorageError as exc:
@@ -349,11 +357,16 @@ class SessionActor(Actor[SessionMsg]):
             else:
                 self.send(msg.outbox_id, self._error_frame(exc))
 
-    def start_generation(self, answering: StoredMessage,
-                         replaces: Sequence[StoredMessage] = ()) -> None:
+    async def _new_generation(self, answering: StoredMessage,
+                              replaces: Sequence[StoredMessage] = ()) -> Generation:
+        """An answer to start, once it has a slot among the user's answers at once."""
         self.slot.generations_started += 1
         gen = Generation(id=self.slot.generations_started, answering=answering,
                          replaces=list(replaces))
+        await self.deps.limits.start_answer(self.key.user_id, gen.slot_id)
+        return gen
+
+    def start_generation(self, gen: Generation) -> None:
         self.generation = gen
         self.nursery.start_soon(self._generate, gen)
 
@@ -441,6 +454,7 @@ class SessionActor(Actor[SessionMsg]):
         if gen is None:
             return
         gen.cancel_scope.cancel()  # the upstream response closes as the task unwinds
+        await self.deps.limits.end_answer(self.key.user_id, gen.slot_id)
         if store and gen.parts:
             try:
                 await self._store_answer(gen, partial=not complete)
@@ -585,7 +599,7 @@ class SessionActor(Actor[SessionMsg]):
         last_user = self.messages[users[-1]]
         check_message(self._context_for(last_user), last_user.tokens, self.budget)
         old = [m for m in self.messages[users[-1] + 1:] if m.role == "assistant"]
-        self.start_generation(last_user, replaces=old)
+        self.start_generation(await self._new_generation(last_user, replaces=old))
         return True
 
     async def delete_room(self) -> None:

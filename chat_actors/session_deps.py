@@ -1,4 +1,5 @@
-"""What every session actor shares: settings, the context store, the upstream, the commands."""
+"""What every session actor shares: settings, the context store, the upstream, the commands,
+the per-user limits."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from chat_actors.chat_limits import ChatLimits
 from core.settings import Settings
 from storage.context_store import ContextStore
 
@@ -43,6 +45,7 @@ class SessionDeps:
     upstream: Upstream
     commands: CommandRunner
     rooms: RoomHooks
+    limits: ChatLimits
 
     def opaque_user_id(self, user_id: int) -> str:
         """What the upstream sees instead of the user's email: a keyed hash of the id."""

@@ -19,6 +19,9 @@
     ├── BudgetError                 a message cannot be answered within the token budget
     │   ├── MessageTooLong          one message over the per-request limit (not stored)
     │   └── ContextOverflow         the system messages alone do not fit
+    ├── LimitError                  a per-user limit refused the request (Redis decides)
+    │   ├── RateLimited             too many messages in the window
+    │   └── TooManyAnswers          too many answers generating at once
     ├── CommandError                a slash command failed to parse or run
     │   ├── UnknownCommand
     │   └── BadArgument
@@ -156,6 +159,26 @@ class ContextOverflow(BudgetError):
         super().__init__(msg)
         self.tokens = tokens
         self.limit = limit
+
+
+class LimitError(ChatServerError):
+    """A per-user limit refused the request; ``retry_after`` is in seconds (0: unknown)."""
+
+    code = "rate_limited"
+
+    def __init__(self, msg: str, retry_after: int = 0) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class RateLimited(LimitError):
+    """More messages than the window allows."""
+
+
+class TooManyAnswers(LimitError):
+    """The user already has the most answers generating at once."""
+
+    code = "too_many_answers"
 
 
 class CommandError(ChatServerError):

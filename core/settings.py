@@ -120,6 +120,11 @@ class Settings(BaseSettings):
 
     # Sessions
     session_idle_seconds: float = Field(300.0, gt=0)
+    chat_messages_per_minute: int = Field(
+        30, ge=0, description="chat messages (and /retry) per user per minute, over all their "
+                              "keys, rooms and sockets; 0: no limit")
+    chat_answers_at_once: int = Field(
+        4, ge=0, description="answers generating at once per user; 0: no limit")
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, description="on SIGTERM: how long answers in flight may finish before they "
                                "are cut (stored partial) and the sockets closed with 1012")

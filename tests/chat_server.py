@@ -79,6 +79,10 @@ def server_settings(db_settings: Settings, **overrides: Any) -> Settings:
         "upstream_backoff_base": 0.01,
         "upstream_first_byte_timeout": 2.0,
         "upstream_chunk_gap_timeout": 2.0,
+        # Per-user limits off unless a test turns them on (tests/web/test_ws_limits.py): many
+        # tests give one user more sessions or messages than a person would.
+        "chat_messages_per_minute": 0,
+        "chat_answers_at_once": 0,
     }
     values.update(overrides)
     return load_settings(**values)

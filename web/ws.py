@@ -19,11 +19,12 @@ from quart import Blueprint, current_app, request, websocket
 from quart.wrappers import Response
 
 from chat_actors import frames
+from chat_actors.chat_limits import costs_an_answer
 from chat_actors.outbox import Outbox, OutboxClosed
 from chat_actors.registry import SessionRef, SessionRegistry
 from chat_actors.room_ids import parse_room_id
 from chat_actors.service import Chat
-from core.errors import AccountClosed, ActorDead, ApiError, StorageError
+from core.errors import AccountClosed, ActorDead, ApiError, RateLimited, StorageError
 from web.auth_keys import AuthedKey, authenticate_access_key
 from web.services import SERVICES_EXTENSION, Services, get_services
 from web.socket_watch import ACCOUNT_CLOSED, CLOSE_POLICY, WatchedSocket
@@ -224,6 +225,13 @@ class ChatSocket:
             text = translation.text
         if self.outbox.closed:  # revoked while the translator worked
             return
+        if costs_an_answer(text):
+            try:
+                await self.chat.limits.count_message(self.user_id)
+            except RateLimited as exc:  # nothing reaches the session, the socket stays
+                self.outbox.push(frames.error_frame(self.room, exc.code, str(exc),
+                                                    str(exc.retry_after)))
+                return
         assert self.session is not None
         try:
             await self.registry.send(self.session, self.outbox, text)

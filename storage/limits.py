@@ -1,0 +1,115 @@
+"""Limits that hold across processes and restarts: each decision is one Lua script in Redis.
+
+- ``SlidingWindow``: at most ``limit`` events per ``window`` seconds per key (a sorted set of
+  event times; exact, no burst at a window's edge). ``hit`` records an event if it is allowed
+  and otherwise says how long until the oldest one leaves the window.
+- ``Slots``: at most ``limit`` things at once per key (answers generating). A slot is held under
+  a unique id with an expiry (a process that dies does not hold it for ever) and released by id.
+
+Time is Redis's own (``TIME``), so every process agrees on it. A limit of 0 allows everything
+and touches no key.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class RedisLike(Protocol):
+    prefix: str
+
+    async def eval(self, script: str, keys: list[str], args: list[Any]) -> Any: ...
+
+    async def execute(self, *args: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    retry_after: float = 0.0  # seconds until the next event would be allowed (when refused)
+
+    @property
+    def retry_after_seconds(self) -> int:
+        """Whole seconds, at least 1: what ``Retry-After`` and error details say."""
+        return max(1, math.ceil(self.retry_after))
+
+
+ALLOWED = Decision(True)
+
+# KEYS[1]: the window's sorted set. ARGV: limit, window (ms), a unique member.
+_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[1], window)
+return {0, tonumber(oldest[2]) + window - now}
+"""
+
+# KEYS[1]: the slots' sorted set (score: expiry). ARGV: limit, ttl (ms), the slot's id.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  return 1
+end
+return 0
+"""
+
+
+class SlidingWindow:
+    def __init__(self, redis: RedisLike, name: str, *, limit: int, window: float) -> None:
+        self._redis = redis
+        self._name = name
+        self.limit = limit
+        self.window = window
+
+    def _key(self, subject: str) -> str:
+        return f"{self._redis.prefix}limit:{self._name}:{subject}"
+
+    async def hit(self, subject: str) -> Decision:
+        """Count one event for ``subject`` if the window has room for it."""
+        if self.limit <= 0:
+            return ALLOWED
+        allowed, wait_ms = await self._redis.eval(
+            _WINDOW, [self._key(subject)],
+            [self.limit, int(self.window * 1000), secrets.token_hex(8)])
+        return ALLOWED if int(allowed) else Decision(False, int(wait_ms) / 1000)
+
+    async def clear(self, subject: str) -> None:
+        await self._redis.execute("DEL", self._key(subject))
+
+
+class Slots:
+    def __init__(self, redis: RedisLike, name: str, *, limit: int, ttl: float) -> None:
+        self._redis = redis
+        self._name = name
+        self.limit = limit
+        self.ttl = ttl
+
+    def _key(self, subject: str) -> str:
+        return f"{self._redis.prefix}slots:{self._name}:{subject}"
+
+    async def acquire(self, subject: str, slot_id: str) -> bool:
+        """Hold a slot (or renew one already held under ``slot_id``); False when all are taken."""
+        if self.limit <= 0:
+            return True
+        return bool(await self._redis.eval(
+            _ACQUIRE, [self._key(subject)], [self.limit, int(self.ttl * 1000), slot_id]))
+
+    async def release(self, subject: str, slot_id: str) -> None:
+        if self.limit > 0:
+            await self._redis.execute("ZREM", self._key(subject), slot_id)
