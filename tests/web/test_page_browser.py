@@ -22,16 +22,11 @@ import httpx
 import pytest
 
 from scripts.mock_upstream import expected_answer
+from tests.tools import require_tool
 from tests.web.conftest_page import CHROMIUM, CHROMIUM_ARGS, LiveServer, live_server
 from tests.web.scripted_upstream import Script, scripted_upstream
 
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium)",
-    ),
-    pytest.mark.timeout(180),
-]
+pytestmark = [pytest.mark.timeout(180)]
 
 PASSWORD = "correct horse battery staple"
 TIMEOUT_MS = 15_000
@@ -57,10 +52,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
+    executable = require_tool(str(CHROMIUM), "chromium")  # fails, not skips, when missing
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+        chromium = pw.chromium.launch(executable_path=executable, headless=True,
+                                      args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
