@@ -89,6 +89,21 @@ class Settings(BaseSettings):
     max_api_keys_per_user: int = Field(3, ge=1)
     key_cache_seconds: float = Field(5.0, ge=0, description="access-key check cache; 0: off")
     max_whitelists_per_key: int = Field(10, ge=1)
+    # Abuse limits (exact across processes, kept in Redis); 0 turns one off
+    login_failures_per_email: int = Field(
+        10, ge=0, description="failed logins per email per 5 minutes, then 429")
+    login_attempts_per_ip: int = Field(
+        50, ge=0, description="login attempts per client IP per 5 minutes, then 429")
+    registrations_per_ip: int = Field(
+        20, ge=0, description="registrations per client IP per hour, then 429")
+    ws_connections_per_key: int = Field(
+        20, ge=0, description="open chat sockets per API key; past it the upgrade gets 429")
+    daily_token_budget: int = Field(
+        0, ge=0, description="prompt + answer tokens per user per UTC day over the chat (and "
+                             "the API); 0: no budget")
+    ws_ticket_seconds: float = Field(
+        30.0, gt=0, description="how long a single-use socket ticket (POST /api/user/ws-ticket) "
+                                "stays valid")
     trusted_hosts: CommaList = ["*"]
     allowed_origins: CommaList = []
     trusted_proxies: CommaList = []
