@@ -83,6 +83,7 @@ def server_settings(db_settings: Settings, **overrides: Any) -> Settings:
         # tests give one user more sessions or messages than a person would.
         "chat_messages_per_minute": 0,
         "chat_answers_at_once": 0,
+        "ws_connections_per_key": 0,
     }
     values.update(overrides)
     return load_settings(**values)
