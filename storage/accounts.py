@@ -156,6 +156,16 @@ async def get_user(sql: UnitRunner, user_id: int) -> UserRecord | None:
     return await sql.run(unit)
 
 
+async def get_users(sql: UnitRunner, user_ids: Sequence[int]) -> dict[int, UserRecord]:
+    """Many users by id in one unit; ids with no user are absent."""
+
+    async def unit(session: AsyncSession) -> dict[int, UserRecord]:
+        rows = (await session.execute(select(User).where(User.id.in_(user_ids)))).scalars()
+        return {row.id: _user(row) for row in rows}
+
+    return await sql.run(unit)
+
+
 async def get_user_by_email(sql: UnitRunner, email: str) -> UserRecord | None:
     async def unit(session: AsyncSession) -> UserRecord | None:
         row = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()

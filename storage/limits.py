@@ -3,8 +3,9 @@
 - ``SlidingWindow``: at most ``limit`` events per ``window`` seconds per key (a sorted set of
   event times; exact, no burst at a window's edge). ``hit`` records an event if it is allowed
   and otherwise says how long until the oldest one leaves the window.
-- ``Slots``: at most ``limit`` things at once per key (answers generating). A slot is held under
-  a unique id with an expiry (a process that dies does not hold it for ever) and released by id.
+- ``Slots``: at most ``limit`` things at once per key (answers generating, open sockets). A slot
+  is held under a unique id with an expiry (a process that dies does not hold it for ever),
+  renewed while it is in use and released by id.
 
 Time is Redis's own (``TIME``), so every process agrees on it. A limit of 0 allows everything
 and touches no key.
@@ -70,6 +71,19 @@ return 0
 """
 
 
+# KEYS: each slot's sorted set, once per slot. ARGV: ttl (ms), then each slot's id in KEYS order.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl)
+end
+return #KEYS
+"""
+
+
 class SlidingWindow:
     def __init__(self, redis: RedisLike, name: str, *, limit: int, window: float) -> None:
         self._redis = redis
@@ -113,3 +127,10 @@ class Slots:
     async def release(self, subject: str, slot_id: str) -> None:
         if self.limit > 0:
             await self._redis.execute("ZREM", self._key(subject), slot_id)
+
+    async def renew(self, held: list[tuple[str, str]]) -> None:
+        """Push back the expiry of many held slots ``(subject, slot_id)`` in one script (a
+        slot Redis lost, in a restart, is held again)."""
+        if self.limit > 0 and held:
+            await self._redis.eval(_RENEW, [self._key(subject) for subject, _ in held],
+                                   [int(self.ttl * 1000), *(slot for _, slot in held)])

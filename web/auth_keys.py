@@ -38,7 +38,7 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 class AuthedKey:
     user_id: int
     email: str
-    key_id: int
+    key_id: int | None  # None: a socket ticket's user, no API key
 
 
 def check_key_record(record: accounts.KeyAuthRecord | None, client_ip: str) -> AuthedKey:

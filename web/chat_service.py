@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 import trio
 
 from chat_actors.service import Chat, open_chat
+from storage.limits import Slots
 from web.services import Services
 from web.socket_watch import SocketWatch
 
 MIN_RECHECK_SECONDS = 1.0
+SOCKET_SLOT_TTL = 60.0  # seconds; renewed every sweep while the socket is open
 
 
 async def _forget_user(services: Services, user_id: int) -> None:
@@ -23,8 +25,11 @@ async def _forget_user(services: Services, user_id: int) -> None:
 
 @asynccontextmanager
 async def open_chat_service(services: Services) -> AsyncIterator[None]:
-    interval = max(services.settings.key_cache_seconds, MIN_RECHECK_SECONDS)
-    watch = SocketWatch(services.storage.sql, services.key_cache, interval)
+    settings = services.settings
+    interval = max(settings.key_cache_seconds, MIN_RECHECK_SECONDS)
+    slots = Slots(services.storage.redis, "ws-sockets", limit=settings.ws_connections_per_key,
+                  ttl=max(SOCKET_SLOT_TTL, 4 * interval))
+    watch = SocketWatch(services.storage.sql, services.key_cache, slots, interval)
     async with (open_chat(services.settings, services.storage) as chat,
                 trio.open_nursery() as nursery):
         await nursery.start(watch.run)

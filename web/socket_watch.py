@@ -20,15 +20,18 @@ A refused socket gets an error frame with ``close: true`` (``key_revoked`` or
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from core.errors import ApiError, StorageError
-from storage.accounts import UnitRunner, get_keys_for_auth
+from storage.accounts import UnitRunner, get_keys_for_auth, get_users
+from storage.limits import Slots
 from web.auth_keys import check_key_record
 from web.key_cache import KeyAuthCache
+from web.user_status import check_user_status
 
 log = logging.getLogger("chat.ws")
 
@@ -47,30 +50,52 @@ def revocation(exc: ApiError) -> tuple[str, str]:
 
 @dataclass(eq=False)
 class WatchedSocket:
-    access_key: str
+    access_key: str | None  # None: a socket ticket's socket (the user is checked, not a key)
     client_ip: str
     user_id: int
     end: Callable[[str, str, int], None]  # (code, message, close code): a last error, a close
+    owner: str  # whose socket count it is in: "key:<id>" or "user:<id>" (ticket sockets)
+    slot_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 class SocketWatch:
-    def __init__(self, sql: UnitRunner, cache: KeyAuthCache, interval: float) -> None:
+    """``slots``: the open sockets per key (``WS_CONNECTIONS_PER_KEY``), counted in Redis across
+    processes; each process renews its own sockets' slots at every sweep, so the slots of a
+    process that died expire after a few sweeps."""
+
+    def __init__(self, sql: UnitRunner, cache: KeyAuthCache, slots: Slots,
+                 interval: float) -> None:
         self._sql = sql
         self._cache = cache
+        self.slots = slots
         self.interval = interval
         self._by_user: dict[int, set[WatchedSocket]] = {}
         self._urgent: set[int] = set()
         self._wakeup = trio.Event()
 
-    def add(self, socket: WatchedSocket) -> None:
+    async def admit(self, socket: WatchedSocket) -> bool:
+        """Count the socket against its key's limit and watch it; False when the key has as
+        many open sockets as it may (a Redis outage admits: it decides nothing)."""
+        try:
+            if not await self.slots.acquire(socket.owner, socket.slot_id):
+                return False
+        except StorageError as exc:
+            log.warning("socket limit not checked for %s: %s", socket.owner, exc)
         self._by_user.setdefault(socket.user_id, set()).add(socket)
+        return True
 
-    def discard(self, socket: WatchedSocket) -> None:
+    async def leave(self, socket: WatchedSocket) -> None:
+        """The socket closed: unwatched, its slot given back (bounded, even when cancelled)."""
         sockets = self._by_user.get(socket.user_id)
         if sockets is not None:
             sockets.discard(socket)
             if not sockets:
                 del self._by_user[socket.user_id]
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self.slots.release(socket.owner, socket.slot_id)
+            except StorageError:  # it expires by itself
+                pass
 
     def recheck_user(self, user_id: int) -> None:
         """Something of this user's changed here: check their sockets now, not at the sweep."""
@@ -99,16 +124,44 @@ class SocketWatch:
             with trio.move_on_at(next_sweep):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
-            if trio.current_time() >= next_sweep:
+            sweep = trio.current_time() >= next_sweep
+            if sweep:
                 users: Iterable[int] = list(self._by_user)
                 next_sweep = trio.current_time() + self.interval
             else:
                 users = self._urgent
             self._urgent = set()
-            await self._check([s for u in users for s in self._by_user.get(u, ())])
+            sockets = [s for u in users for s in self._by_user.get(u, ())]
+            if sweep:
+                await self._renew(sockets)
+            await self._check_users([s for s in sockets if s.access_key is None])
+            await self._check([s for s in sockets if s.access_key is not None])
+
+    async def _renew(self, sockets: list[WatchedSocket]) -> None:
+        for start in range(0, len(sockets), BATCH):
+            try:
+                await self.slots.renew([(s.owner, s.slot_id) for s in sockets[start:start + BATCH]])
+            except StorageError as exc:
+                log.warning("could not renew %d socket slot(s): %s", len(sockets), exc)
+                return
+
+    async def _check_users(self, sockets: list[WatchedSocket]) -> None:
+        """Ticket sockets have no key: their user's status decides."""
+        if not sockets:
+            return
+        try:
+            users = await get_users(self._sql, sorted({s.user_id for s in sockets}))
+        except StorageError as exc:
+            log.warning("could not recheck %d ticket socket(s): %s", len(sockets), exc)
+            return
+        for socket in sockets:
+            try:
+                check_user_status(users.get(socket.user_id), "key")
+            except ApiError as exc:
+                socket.end(*revocation(exc), CLOSE_POLICY)
 
     async def _check(self, sockets: list[WatchedSocket]) -> None:
-        keys = sorted({s.access_key for s in sockets})
+        keys = sorted({s.access_key for s in sockets if s.access_key is not None})
         for start in range(0, len(keys), BATCH):
             batch = keys[start:start + BATCH]
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import trio
 from quart import Blueprint, current_app, request, websocket
@@ -29,9 +30,12 @@ from web.auth_keys import AuthedKey, authenticate_access_key
 from web.services import SERVICES_EXTENSION, Services, get_services
 from web.socket_watch import ACCOUNT_CLOSED, CLOSE_POLICY, WatchedSocket
 from web.state import state_of
+from web.ws_tickets import bp as tickets_bp
+from web.ws_tickets import spend_ticket
 
 log = logging.getLogger("chat.ws")
 bp = Blueprint("chat_ws", __name__)
+bp.register_blueprint(tickets_bp)  # POST /api/user/ws-ticket: what the ticket socket spends
 
 OUTBOX_MAX_FRAMES = 512
 OUTBOX_STUCK_SECONDS = 30.0
@@ -86,6 +90,29 @@ def _reject(status: int, code: str, msg: str) -> Response:
 
 @bp.websocket("/ws/chatgpt/<access_key>")
 async def chat_socket(access_key: str) -> Response | None:
+    """The original clients' socket: the API key's access key in the path."""
+    return await _serve(access_key=access_key)
+
+
+@bp.websocket("/ws/chatgpt")
+async def chat_socket_with_ticket() -> Response | None:
+    """``?ticket=`` from ``POST /api/user/ws-ticket`` (single use, ``web.ws_tickets``)."""
+    return await _serve(ticket=websocket.args.get("ticket", ""))
+
+
+def origin_allowed(origin: str | None, host: str, allowed: list[str]) -> bool:
+    """Cross-site WebSocket hijacking guard: a browser always sends ``Origin``; it must be this
+    server's own (same host and port) or one of ``ALLOWED_ORIGINS``. Scripts and apps send
+    none and are judged by their key alone."""
+    if origin is None or "*" in allowed:
+        return True
+    if origin.rstrip("/").lower() in {a.rstrip("/").lower() for a in allowed}:
+        return True
+    own = urlsplit(origin)
+    return own.scheme in ("http", "https") and own.netloc.lower() == host.lower()
+
+
+async def _serve(*, access_key: str | None = None, ticket: str | None = None) -> Response | None:
     services = get_services(current_app)
     chat = services.chat
     if not isinstance(chat, Chat):
@@ -93,10 +120,17 @@ async def chat_socket(access_key: str) -> Response | None:
     if services.draining:
         return _reject(503, "server_restarting", "The server is restarting; retry shortly.")
     state = state_of(websocket.scope)
+    if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host", ""),
+                          services.settings.allowed_origins):
+        return _reject(403, "origin_not_allowed", "This origin may not open chat sockets.")
     try:
         room = parse_room_id(websocket.args.get("chat_room_id", "0"))
         with trio.fail_after(JOIN_TIMEOUT):
-            authed = await authenticate_access_key(services, access_key, state.client_ip)
+            if access_key is not None:
+                authed = await authenticate_access_key(services, access_key, state.client_ip)
+            else:
+                user = await spend_ticket(services, ticket or "")
+                authed = AuthedKey(user_id=user.id, email=user.email, key_id=None)
     except trio.TooSlowError:
         log.error("key check took more than %s s", JOIN_TIMEOUT)
         return _reject(503, "storage_unavailable", "The key could not be checked in time; retry.")
@@ -107,17 +141,21 @@ async def chat_socket(access_key: str) -> Response | None:
     except StorageError:
         return _reject(503, "storage_unavailable", "The key could not be checked; retry.")
     state.user_id, state.api_key_id = authed.user_id, authed.key_id
-    await websocket.accept()
     socket = ChatSocket(chat, authed, room)
-    watched = WatchedSocket(access_key, state.client_ip, authed.user_id, socket.end)
+    owner = f"key:{authed.key_id}" if authed.key_id is not None else f"user:{authed.user_id}"
+    watched = WatchedSocket(access_key, state.client_ip, authed.user_id, socket.end, owner)
     watch = services.socket_watch
-    if watch is not None:
-        watch.add(watched)
+    if watch is not None and not await watch.admit(watched):
+        limit = services.settings.ws_connections_per_key
+        response = _reject(429, "too_many_sockets", f"At most {limit} open chat sockets per key.")
+        response.headers["Retry-After"] = "5"
+        return response
     try:
+        await websocket.accept()
         await socket.run()
     finally:
         if watch is not None:
-            watch.discard(watched)
+            await watch.leave(watched)
     return None
 
 
