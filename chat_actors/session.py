@@ -132,6 +132,10 @@ class Generation:
     finished: bool = False
     #: Its slot among the user's answers at once (``ChatLimits``), unique across processes.
     slot_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: Daily token budget: what it reserved, on which day, and its prompt's share.
+    reserved: int = 0
+    budget_day: str = ""
+    prompt_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -363,7 +367,17 @@ class SessionActor(Actor[SessionMsg]):
         self.slot.generations_started += 1
         gen = Generation(id=self.slot.generations_started, answering=answering,
                          replaces=list(replaces))
-        await self.deps.limits.start_answer(self.key.user_id, gen.slot_id)
+        limits = self.deps.limits
+        await limits.start_answer(self.key.user_id, gen.slot_id)
+        if limits.tokens.limit > 0:
+            prompt = build_prompt(self._context_for(answering), answering, self.budget)
+            gen.prompt_tokens = prompt.tokens
+            gen.reserved = prompt.tokens + self.budget.answer_reserve
+            try:
+                gen.budget_day = await limits.reserve_tokens(self.key.user_id, gen.reserved)
+            except LimitError:
+                await limits.end_answer(self.key.user_id, gen.slot_id)
+                raise
         return gen
 
     def start_generation(self, gen: Generation) -> None:
@@ -454,10 +468,16 @@ class SessionActor(Actor[SessionMsg]):
         if gen is None:
             return
         gen.cancel_scope.cancel()  # the upstream response closes as the task unwinds
-        await self.deps.limits.end_answer(self.key.user_id, gen.slot_id)
+        limits = self.deps.limits
+        await limits.end_answer(self.key.user_id, gen.slot_id)
+        tokens = (await count_tokens_async(gen.text, "assistant", self.profile.model)
+                  if gen.parts else 0)
+        if gen.budget_day:  # what it spent: its prompt and its text (nothing if no text came)
+            spent = gen.prompt_tokens + tokens if gen.parts else 0
+            await limits.settle_tokens(self.key.user_id, gen.budget_day, spent - gen.reserved)
         if store and gen.parts:
             try:
-                await self._store_answer(gen, partial=not complete)
+                await self._store_answer(gen, tokens, partial=not complete)
             except StorageError as exc:
                 log.error("session %s/%s could not store an answer: %s",
                           self.key.user_id, self.key.room, exc)
@@ -466,10 +486,9 @@ class SessionActor(Actor[SessionMsg]):
                     str(exc))
         self._push(self._outboxes(), last_frame)
 
-    async def _store_answer(self, gen: Generation, *, partial: bool) -> None:
+    async def _store_answer(self, gen: Generation, tokens: int, *, partial: bool) -> None:
         """Append the answer (dropping what it replaces) and trim the history to budget, in
         one storage step."""
-        tokens = await count_tokens_async(gen.text, "assistant", self.profile.model)
         answer = self._new_message("assistant", gen.text, tokens, partial=partial)
         replaced = {m.id for m in gen.replaces}
         after = [m for m in self.messages if m.id not in replaced] + [answer]

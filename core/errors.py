@@ -21,7 +21,8 @@
     │   └── ContextOverflow         the system messages alone do not fit
     ├── LimitError                  a per-user limit refused the request (Redis decides)
     │   ├── RateLimited             too many messages in the window
-    │   └── TooManyAnswers          too many answers generating at once
+    │   ├── TooManyAnswers          too many answers generating at once
+    │   └── BudgetExceeded          the user's tokens for the day are spent
     ├── CommandError                a slash command failed to parse or run
     │   ├── UnknownCommand
     │   └── BadArgument
@@ -179,6 +180,12 @@ class TooManyAnswers(LimitError):
     """The user already has the most answers generating at once."""
 
     code = "too_many_answers"
+
+
+class BudgetExceeded(LimitError):
+    """The answer's reserve does not fit in what is left of the user's daily tokens."""
+
+    code = "budget_exceeded"
 
 
 class CommandError(ChatServerError):

@@ -3,6 +3,8 @@
 - ``SlidingWindow``: at most ``limit`` events per ``window`` seconds per key (a sorted set of
   event times; exact, no burst at a window's edge). ``hit`` records an event if it is allowed
   and otherwise says how long until the oldest one leaves the window.
+- ``DailyBudget``: at most ``limit`` units (tokens) per key per UTC day, reserved before they
+  are spent and settled after.
 - ``Slots``: at most ``limit`` things at once per key (answers generating, open sockets). A slot
   is held under a unique id with an expiry (a process that dies does not hold it for ever),
   renewed while it is in use and released by id.
@@ -82,6 +84,44 @@ for i, key in ipairs(KEYS) do
 end
 return #KEYS
 """
+
+
+# KEYS[1]: the day's counter. ARGV: limit, amount, ttl (s). Reserve only if it fits.
+_RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, used}
+"""
+
+
+class DailyBudget:
+    """At most ``limit`` units (tokens) per subject per UTC day: ``reserve`` an estimate before
+    spending, ``settle`` the difference with what was spent after. Reservations are checked
+    against the limit atomically, so concurrent spenders never overspend it."""
+
+    KEEP_SECONDS = 2 * 24 * 3600  # a day's counter outlives its day
+
+    def __init__(self, redis: RedisLike, name: str, *, limit: int) -> None:
+        self._redis = redis
+        self._name = name
+        self.limit = limit
+
+    def _key(self, subject: str, day: str) -> str:
+        return f"{self._redis.prefix}budget:{self._name}:{subject}:{day}"
+
+    async def reserve(self, subject: str, day: str, amount: int) -> tuple[bool, int]:
+        """(reserved?, units used today including it when reserved)."""
+        if self.limit <= 0:
+            return True, 0
+        ok, used = await self._redis.eval(
+            _RESERVE, [self._key(subject, day)], [self.limit, amount, self.KEEP_SECONDS])
+        return bool(int(ok)), int(used)
+
+    async def settle(self, subject: str, day: str, delta: int) -> None:
+        if self.limit > 0 and delta:
+            await self._redis.execute("INCRBY", self._key(subject, day), delta)
 
 
 class SlidingWindow:

@@ -101,3 +101,40 @@ async def test_answers_at_once_are_limited_per_user(db_settings: Settings,
             assert (await c.answer())[0] == answer_to("now there is room")
             await c.send("/ping")  # the refused socket stayed open all along
             assert (await c.reply())["msg"] == "pong"
+
+
+async def test_the_daily_token_budget_reserves_then_settles(db_settings: Settings,
+                                                           redis_actor: object) -> None:
+    from chat_actors.budget import Budget
+
+    probe = running_server(db_settings)
+    async with probe as server:
+        reserve = Budget.for_model(server.settings, server.settings.default_model).answer_reserve
+    long = "long [mock tokens=300 delay_ms=10]"
+    # A 300-word mock answer is ~600 tokens: one whole reserve and ~1,000 tokens more.
+    async with running_server(db_settings, daily_token_budget=reserve + 1000) as server:
+        user = await server.new_user()
+        redis = server.services.storage.redis
+        async with (chat_socket(server, user.access_key, room="a") as a,
+                    chat_socket(server, user.access_key, room="b") as b):
+            await a.send(long)
+            assert (await a.frame())["finish"] is False
+            # A's reserve (its prompt and a whole answer) is held: B's does not fit beside it.
+            await b.send("beside it")
+            refused = await b.reply()
+            assert refused["error"]["code"] == "budget_exceeded", refused
+            assert await stored_user_messages(server, user, "b") == []
+            await a.answer()  # settled: A's prompt and its 300 words' tokens
+            keys = await redis.execute("KEYS", f"{redis.prefix}budget:tokens:{user.user_id}:*")
+            (spent,) = [int(await redis.execute("GET", k)) for k in keys]
+            snap = await server.services.chat.registry.snapshot(user.user_id, "a")
+            answer_tokens = snap.messages[-1].tokens
+            assert answer_tokens < spent < answer_tokens + 100  # prompt + answer, not a reserve
+            await b.send("now it fits")
+            assert (await b.answer())[0] == answer_to("now it fits")
+            await b.send(long)
+            await b.answer()
+            # ~1,300 tokens are spent now: a whole reserve no longer fits, whatever the room.
+            await b.send("one more")
+            refused = await b.reply()
+            assert refused["error"]["code"] == "budget_exceeded", refused
