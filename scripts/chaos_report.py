@@ -129,7 +129,7 @@ def _counts(counter: Mapping[str, int]) -> str:
 
 
 HEADER = (f"{'fault':<16} {'sent':>5} {'acked':>5} {'lost':>4} {'dup':>4} {'wrong':>5}  "
-          f"{'answers ended by (code=n)':<40} {'sockets closed (code=n)':<24} notes")
+          f"{'answers ended by (code=n)':<46} {'sockets closed (code=n)':<24} notes")
 
 
 def format_row(fault: str, result: Audit, stats: FaultStats) -> str:
@@ -141,5 +141,5 @@ def format_row(fault: str, result: Audit, stats: FaultStats) -> str:
     if stats.gave_up:
         notes.append(f"{stats.gave_up} session(s) gave up reconnecting")
     return (f"{fault:<16} {result.sent:>5} {result.acknowledged:>5} {result.lost:>4} "
-            f"{result.duplicated:>4} {result.wrong:>5}  {_counts(result.errors):<40} "
+            f"{result.duplicated:>4} {result.wrong:>5}  {_counts(result.errors):<46} "
             f"{_counts(stats.closes):<24} {'; '.join(notes)}")
