@@ -1,9 +1,10 @@
 """The chat page at /chatgpt in a real browser (Debian's Chromium, driven by Playwright).
 
 Against a real server in subprocesses (Hypercorn trio worker, fresh MariaDB, own Redis prefix,
-the mock upstream): register, create a key, chat with streamed answers, Stop, reload and see
-the history, HTML in messages shown as text (no script runs), rooms, readable errors, losing
-the connection and resuming a half-streamed answer, a phone-sized screen with the keyboard only.
+the mock upstream): register and chat at once (no API key: the socket opens with a single-use
+ticket, a fresh one per connection), streamed answers, Stop, reload and see the history, HTML in
+messages shown as text (no script runs), rooms, readable errors, the API keys panel, losing the
+connection and resuming a half-streamed answer, a phone-sized screen with the keyboard only.
 
 Plain sync tests (Playwright's sync API), not trio ones. On failure each test saves a
 screenshot (and the page's HTML and the server logs) in its ``tmp_path``.
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -177,21 +179,53 @@ def register(page: Any, email: str | None = None) -> str:
     return email
 
 
-def create_key(page: Any, memo: str = "browser", *, selected: bool = True) -> str:
+def create_key(page: Any, memo: str = "browser") -> str:
+    """Create a key in the API keys panel (for scripts: the chat does not need one)."""
     page.get_by_test_id("new-key-memo").fill(memo)
     page.get_by_test_id("create-key-button").click()
     panel = page.get_by_test_id("new-secret-panel")
     expect()(panel).to_be_visible()
     secret = page.get_by_test_id("new-secret-key").input_value()
-    access = page.get_by_test_id("new-access-key").input_value()
+    access: str = page.get_by_test_id("new-access-key").input_value()
     assert len(secret) >= 16 and len(access) >= 8
     page.get_by_test_id("copy-secret-button").click()
     expect()(page.get_by_test_id("copy-feedback")).not_to_be_empty()
     page.get_by_test_id("dismiss-secret-button").click()
     expect()(panel).to_be_hidden()
     item = page.locator(f'[data-testid="key-item"][data-access-key="{access}"]')
-    expect()(item.get_by_test_id("key-select")).to_be_checked(checked=selected)
+    expect()(item.get_by_test_id("key-status")).to_have_text("active")
     return access
+
+
+def page_token(page: Any) -> str:
+    """The JWT the page got at login / registration, for REST calls of the test's own."""
+    token: str | None = page.evaluate("() => localStorage.getItem('chat.jwt')")
+    assert token, "the page keeps no JWT in localStorage"
+    return token
+
+
+def api_keys_of(server: LiveServer, token: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{server.url}/api/user/apikeys",
+                  headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    keys: list[dict[str, Any]] = r.json()
+    return keys
+
+
+def ticket_of(socket_url: str) -> str:
+    """The ticket of a page socket URL; asserts it is ``/ws/chatgpt?ticket=…&chat_room_id=…``
+    (no access key in the path or the query)."""
+    parts = urlsplit(socket_url)
+    query = parse_qs(parts.query)
+    assert parts.path == "/ws/chatgpt", socket_url
+    assert set(query) == {"ticket", "chat_room_id"}, socket_url
+    assert len(query["ticket"]) == 1 and query["ticket"][0], socket_url
+    return query["ticket"][0]
+
+
+# Text a page that needs no key for chatting must not show (the old page's prompts).
+KEY_NEEDED_TEXT = re.compile(r"create (an api key|one) .*chat|api key (first|selected)|"
+                             r"connects with the selected key", re.IGNORECASE)
 
 
 def wait_connected(page: Any) -> None:
@@ -247,11 +281,10 @@ def test_page_is_served_with_its_libraries_and_a_strict_policy(server: LiveServe
 
 
 def test_chat_scenario(page: Any, server: LiveServer, watch: PageWatch) -> None:
-    """register → key → message → streamed answer → long answer + Stop → reload → history →
+    """register → message (no key) → streamed answer → long answer + Stop → reload → history →
     HTML in a message is text, no dialog → switch rooms."""
     register(page)
     expect()(page.get_by_test_id("no-keys")).to_be_visible()
-    create_key(page)
     wait_connected(page)
 
     # A message and its streamed answer, whole.
@@ -348,7 +381,6 @@ def last_user_text(body: dict[str, Any]) -> str:
 
 def test_commands_errors_and_buttons(page: Any, server: LiveServer, watch: PageWatch) -> None:
     register(page)
-    create_key(page)
     wait_connected(page)
 
     send(page, "/help")
@@ -396,46 +428,107 @@ def test_commands_errors_and_buttons(page: Any, server: LiveServer, watch: PageW
     assert watch.dialogs == [] and watch.errors == []
 
 
-def test_key_disable_and_delete(page: Any) -> None:
+def test_new_user_chats_at_once_without_an_api_key(
+    page: Any, server: LiveServer, watch: PageWatch
+) -> None:
+    """Registered a moment ago, no key created: the chat connects and a message gets its whole
+    streamed answer; no text asks for a key; the user still has no key afterwards."""
     register(page)
-    first = create_key(page, "one")
-    second = create_key(page, "two", selected=False)
+    expect()(page.get_by_test_id("no-keys")).to_be_visible()
     wait_connected(page)
-    item = page.locator(f'[data-testid="key-item"][data-access-key="{first}"]')
-    expect()(item.get_by_test_id("key-select")).to_be_checked()  # the first key stays chosen
+    expect()(page.get_by_test_id("send-button")).to_be_enabled()
+    assert not KEY_NEEDED_TEXT.search(page.locator("body").inner_text())
 
-    page.locator(
-        f'[data-testid="key-item"][data-access-key="{second}"] [data-testid="key-select"]'
-    ).check()
+    prompt = "Hi, I just signed up"
+    send(page, prompt)
+    expect()(messages(page, "user").last).to_have_text(re.compile(re.escape(prompt)))
+    assert squash(last_answer_done(page)) == squash(mock_answer(prompt))
+    assert not KEY_NEEDED_TEXT.search(page.locator("body").inner_text())
+    assert api_keys_of(server, page_token(page)) == []
+    assert watch.dialogs == [] and watch.errors == []
+
+
+def test_socket_url_carries_a_ticket_and_no_access_key(page: Any, server: LiveServer) -> None:
+    """Even with a key in the panel, the page's socket is /ws/chatgpt?ticket=…: the key is in no
+    socket URL, and every socket (here: first load, then a reload) spent its own ticket."""
+    urls: list[str] = []
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    register(page)
     wait_connected(page)
+    access = create_key(page)
     page.reload()
     wait_connected(page)
+
+    assert len(urls) >= 2, urls
+    tickets = [ticket_of(url) for url in urls]
+    assert all(access not in url for url in urls), urls
+    assert len(set(tickets)) == len(tickets), urls  # single use: never presented twice
+    assert [key["access_key"] for key in api_keys_of(server, page_token(page))] == [access]
+
+
+def test_key_panel_create_disable_delete_without_touching_the_chat(page: Any) -> None:
+    """The API keys panel (keys are for scripts): create, disable, enable, delete; the chat's
+    socket is not reopened by any of it and still answers once every key is gone."""
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    register(page)
+    wait_connected(page)
+    opened = len(sockets)
+    first = create_key(page, "one")
+    second = create_key(page, "two")
+    item = page.locator(f'[data-testid="key-item"][data-access-key="{first}"]')
     item2 = page.locator(f'[data-testid="key-item"][data-access-key="{second}"]')
-    expect()(item2.get_by_test_id("key-select")).to_be_checked()  # the choice is remembered
+    expect()(page.get_by_test_id("key-item")).to_have_count(2)
+    expect()(item.get_by_test_id("key-name")).to_have_text("one")
 
     item2.get_by_test_id("key-toggle").click()
     expect()(item2.get_by_test_id("key-status")).to_have_text("disabled")
-    expect()(item.get_by_test_id("key-select")).to_be_checked()  # fell back to an active key
-    wait_connected(page)
+    expect()(item.get_by_test_id("key-status")).to_have_text("active")
+    item2.get_by_test_id("key-toggle").click()
+    expect()(item2.get_by_test_id("key-status")).to_have_text("active")
 
-    delete = item2.get_by_test_id("key-delete")
-    delete.click()
-    delete.click()
-    expect()(page.get_by_test_id("key-item")).to_have_count(1)
+    for left, access in enumerate((second, first)):
+        delete = page.locator(
+            f'[data-testid="key-item"][data-access-key="{access}"] [data-testid="key-delete"]'
+        )
+        delete.click()
+        expect()(delete).to_have_text(re.compile("Confirm"))
+        delete.click()
+        expect()(page.get_by_test_id("key-item")).to_have_count(1 - left)
+    expect()(page.get_by_test_id("no-keys")).to_be_visible()
+
+    wait_connected(page)
+    send(page, "still here without keys")
+    assert squash(last_answer_done(page)) == squash(mock_answer("still here without keys"))
+    assert len(sockets) == opened  # the key actions did not reconnect the chat
+
+
+def ticket_requests(page: Any) -> list[int]:
+    """Start recording the statuses of the page's POST /api/user/ws-ticket; the live list."""
+    statuses: list[int] = []
+
+    def on_response(response: Any) -> None:
+        if response.url.endswith("/api/user/ws-ticket") and response.request.method == "POST":
+            statuses.append(response.status)
+
+    page.on("response", on_response)
+    return statuses
 
 
 def test_connection_loss_reconnects_and_resumes(page: Any) -> None:
-    """The socket drops mid-answer: the page says so, reconnects and resumes the answer."""
+    """The socket drops mid-answer: the page says so, reconnects with a fresh ticket (a ticket
+    is single-use) and resumes the answer."""
     routes: list[Any] = []
 
     def proxy(ws: Any) -> None:
         ws.connect_to_server()
         routes.append(ws)
 
-    page.route_web_socket(re.compile(r"/ws/chatgpt/"), proxy)
+    page.route_web_socket(re.compile(r"/ws/chatgpt(/|\?|$)"), proxy)
+    tickets = ticket_requests(page)
     register(page)
-    create_key(page)
     wait_connected(page)
+    assert tickets == [201]
 
     prompt = "A story to resume [mock tokens=150 delay_ms=30]"
     send(page, prompt)
@@ -454,6 +547,61 @@ def test_connection_loss_reconnects_and_resumes(page: Any) -> None:
     answer = last_answer_done(page)
     assert squash(answer) == squash(mock_answer(prompt, 150))
     expect()(messages(page, "assistant")).to_have_count(1)
+    assert len(tickets) == len(routes) >= 2 and set(tickets) == {201}
+    used = [ticket_of(route.url) for route in routes]
+    assert len(set(used)) == len(used)  # the reconnect spent a second, fresh ticket
+
+
+def api_error(status: int, code: str, msg: str) -> dict[str, Any]:
+    """``route.fulfill`` arguments for an error answer shaped like the server's."""
+    body = {"status": status, "msg": msg, "detail": None, "code": code}
+    return {"status": status, "content_type": "application/json", "body": json.dumps(body)}
+
+
+def test_ticket_failures_retry_with_backoff_and_401_goes_back_to_login(page: Any) -> None:
+    """A failing ticket request (503, or no answer at all) is retried with the socket's
+    backoff until one succeeds; a 401 one (logged out, token revoked) shows the login form."""
+    routes: list[Any] = []
+
+    def proxy(ws: Any) -> None:
+        ws.connect_to_server()
+        routes.append(ws)
+
+    mode: dict[str, Any] = {"fail": ["503", "abort"], "unauthorized": False}
+    seen: list[str] = []
+
+    def ticket_route(route: Any) -> None:
+        if mode["unauthorized"]:
+            seen.append("401")
+            route.fulfill(**api_error(401, "token_revoked", "The token was revoked."))
+        elif mode["fail"]:
+            failure = mode["fail"].pop(0)
+            seen.append(failure)
+            if failure == "abort":
+                route.abort("connectionreset")
+            else:
+                route.fulfill(**api_error(503, "storage_unavailable", "Storage is down."))
+        else:
+            seen.append("pass")
+            route.continue_()
+
+    page.route_web_socket(re.compile(r"/ws/chatgpt(/|\?|$)"), proxy)
+    page.route("**/api/user/ws-ticket", ticket_route)
+    register(page)
+    expect()(
+        page.locator('[data-testid="connection-status"][data-state="waiting"]')
+    ).to_be_visible()
+    wait_connected(page)
+    assert seen == ["503", "abort", "pass"] and len(routes) == 1
+    expect()(page.get_by_test_id("auth-view")).to_be_hidden()
+
+    mode["unauthorized"] = True
+    routes[-1].close(code=1011, reason="test drops the connection")
+    expect()(page.get_by_test_id("auth-view")).to_be_visible()
+    expect()(page.get_by_test_id("auth-error")).to_have_text("Please log in again.")
+    expect()(page.get_by_test_id("app-view")).to_be_hidden()
+    page.wait_for_timeout(1500)  # longer than the first backoff delays: no retry after a 401
+    assert seen[3:] == ["401"] and len(routes) == 1
 
 
 def test_phone_screen_keyboard_only(phone: Any, watch: PageWatch) -> None:
@@ -462,7 +610,6 @@ def test_phone_screen_keyboard_only(phone: Any, watch: PageWatch) -> None:
     expect()(page.get_by_test_id("sidebar")).to_be_hidden()
     page.get_by_test_id("menu-toggle").click()
     expect()(page.get_by_test_id("sidebar")).to_be_visible()
-    create_key(page)
     page.keyboard.press("Escape")
     expect()(page.get_by_test_id("sidebar")).to_be_hidden()
     wait_connected(page)
@@ -547,7 +694,6 @@ def test_hostile_markdown_answer_is_rendered_harmless(hostile_page: Any, watch: 
     Content-Security-Policy would stop them running, but it logs what it had to block)."""
     page = hostile_page
     register(page)
-    create_key(page)
     wait_connected(page)
     send(page, "say something nasty")
     last_answer_done(page)

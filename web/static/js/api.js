@@ -1,4 +1,4 @@
-// REST client for the chat page: auth, API keys, rooms.
+// REST client for the chat page: auth, socket tickets, API keys, rooms.
 // Errors come back as {"status","msg","detail","code"}; they are thrown as ApiError with a
 // human-readable message, never raw JSON.
 
@@ -51,11 +51,14 @@ function textOf(value) {
   return String(value);
 }
 
-export async function request(method, path, body) {
+export async function request(method, path, body, { timeoutMs = 0 } = {}) {
   const headers = { Accept: 'application/json' };
   const token = getToken();
   if (token) headers.Authorization = `Bearer ${token}`;
   const init = { method, headers, credentials: 'same-origin' };
+  if (timeoutMs > 0 && typeof AbortSignal.timeout === 'function') {
+    init.signal = AbortSignal.timeout(timeoutMs); // a hung request fails like a network error
+  }
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -66,7 +69,12 @@ export async function request(method, path, body) {
   } catch {
     throw new ApiError(0, 'network', fallbackMessage(0));
   }
-  const raw = await response.text();
+  let raw;
+  try {
+    raw = await response.text();
+  } catch { // the body was cut off (or timed out)
+    throw new ApiError(0, 'network', fallbackMessage(0));
+  }
   let data = null;
   if (raw) {
     try { data = JSON.parse(raw); } catch { data = null; }
@@ -106,6 +114,19 @@ export const auth = {
 };
 
 const enc = encodeURIComponent;
+const TICKET_TIMEOUT_MS = 15000;
+
+export const tickets = {
+  /** A single-use ticket for one chat socket of the signed-in user (valid a few seconds). */
+  async create() {
+    const data = await request('POST', '/api/user/ws-ticket', undefined, { timeoutMs: TICKET_TIMEOUT_MS });
+    const ticket = data && data.ticket;
+    if (typeof ticket !== 'string' || !ticket) {
+      throw new ApiError(0, 'bad_ticket', 'The server sent no socket ticket.');
+    }
+    return ticket;
+  },
+};
 
 export const keys = {
   async list() {

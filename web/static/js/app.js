@@ -1,6 +1,7 @@
 // The chat page: wires the auth form, the keys and rooms panels, the socket and the view.
+// Chatting needs no API key: the socket connects with a single-use ticket (socket.js).
 
-import { auth, getToken } from './api.js';
+import { auth, getToken, tickets } from './api.js';
 import { ChatView } from './chat.js';
 import { describeError } from './errors.js';
 import { KeysPanel } from './keys.js';
@@ -16,7 +17,6 @@ const NON_ENDING_ERRORS = new Set([
 
 const state = {
   user: null,
-  accessKey: null,
   ready: false, // the current socket got its init frame
   pending: 0, // chat messages / retries sent whose answer has not started yet
   pendingClear: false,
@@ -27,16 +27,21 @@ const state = {
 };
 
 const view = new ChatView($('messages'));
-const socket = new ChatSocket({ onFrame: handleFrame, onState: handleSocketState });
-const keysPanel = new KeysPanel({ onSelect: onKeySelected, onAuthLost: () => showAuth('Please log in again.') });
-const roomsPanel = new RoomsPanel({ onSwitch: onRoomSwitched, onAuthLost: () => showAuth('Please log in again.') });
+const authLost = () => showAuth('Please log in again.');
+const socket = new ChatSocket({
+  getTicket: () => tickets.create(), // a fresh single-use ticket for every (re)connect
+  onFrame: handleFrame,
+  onState: handleSocketState,
+  onAuthLost: authLost,
+});
+const keysPanel = new KeysPanel({ onAuthLost: authLost });
+const roomsPanel = new RoomsPanel({ onSwitch: onRoomSwitched, onAuthLost: authLost });
 
 // -- screens -------------------------------------------------------------------------------
 
 function showAuth(message = '') {
   socket.close();
   state.user = null;
-  state.accessKey = null;
   keysPanel.reset();
   roomsPanel.reset();
   view.clear();
@@ -55,10 +60,9 @@ async function enterApp(me) {
   $('auth-view').hidden = true;
   $('app-view').hidden = false;
   roomsPanel.render();
-  setConn('connecting', 'Loading…');
-  await Promise.all([keysPanel.refresh(), roomsPanel.refresh()]);
-  if (!keysPanel.selected) onKeySelected(null);
+  connect(true); // the chat needs no API key: the socket opens with a ticket for this user
   $('composer-input').focus();
+  await Promise.all([keysPanel.refresh(), roomsPanel.refresh()]);
 }
 
 async function afterLogin() {
@@ -103,32 +107,18 @@ function bindAuth() {
   });
 }
 
-// -- key / room selection ------------------------------------------------------------------
-
-function onKeySelected(accessKey) {
-  if (accessKey && accessKey === state.accessKey && socket.state !== 'closed') return;
-  state.accessKey = accessKey;
-  if (!accessKey) {
-    socket.close();
-    view.clear();
-    setConn('no-key', 'No API key selected');
-    showNotice('Create an API key (in the API keys panel) or enable one to start chatting.');
-    updateControls();
-    return;
-  }
-  connect(true);
-}
+// -- room selection ------------------------------------------------------------------------
 
 function onRoomSwitched() {
   closeSidebarOnNarrow();
-  if (state.accessKey) connect(true);
+  if (state.user) connect(true);
 }
 
 function connect(fresh) {
   resetChatState();
   if (fresh) view.clear();
   showNotice('Loading the conversation…');
-  socket.connect(state.accessKey, roomsPanel.current);
+  socket.connect(roomsPanel.current);
 }
 
 function resetChatState() {
@@ -153,11 +143,9 @@ function handleSocketState(st, info) {
     if (view.isStreaming()) view.finishAnswer('interrupted');
     startCountdown(info.at);
     showNotice('Connection lost. Reconnecting automatically; unsent text stays in the box.');
-    if (info.failedBeforeOpen && info.failures >= 2) keysPanel.refresh(); // key disabled or deleted?
   } else if (st === 'closed') {
     state.ready = false;
-    if (state.accessKey === null) setConn('no-key', 'No API key selected');
-    else setConn('closed', 'Not connected');
+    setConn('closed', 'Not connected');
   }
   updateControls();
 }
@@ -256,10 +244,6 @@ function onCommandReply(text) {
 function sendText(raw, { echo = true } = {}) {
   const text = raw.trim();
   if (!text) return false;
-  if (!state.accessKey) {
-    showNotice('Pick or create an API key first.');
-    return false;
-  }
   const frame = { msg: text, translate: false, chat_room_id: wireRoomId(roomsPanel.current) };
   if (!state.ready || !socket.send(frame)) {
     showNotice('Not connected: nothing was sent. Your text is still in the box.');

@@ -1,18 +1,16 @@
-// The API keys panel: list, create (secret shown once), enable/disable, delete, and pick the
-// key the chat connects with (the choice is remembered per user in localStorage).
+// The API keys panel: list, create (secret shown once), enable/disable, delete. The keys are for
+// scripts and other clients (HMAC REST calls, the original socket URL); this page's chat does not
+// use one: it connects with a single-use ticket for the signed-in user (see socket.js).
 
 import { keys as keysApi } from './api.js';
 import { copyText } from './render.js';
-import { $, el, confirmButton, formatDate, storageGet, storageSet } from './ui.js';
+import { $, el, confirmButton, formatDate, storageSet } from './ui.js';
 
 export class KeysPanel {
-  /** @param {{onSelect: (accessKey: string|null) => void, onAuthLost: () => void}} opts */
-  constructor({ onSelect, onAuthLost }) {
-    this.onSelect = onSelect;
+  /** @param {{onAuthLost: () => void}} opts */
+  constructor({ onAuthLost }) {
     this.onAuthLost = onAuthLost;
     this.items = [];
-    this.selected = null;
-    this.storageKey = 'chat.key';
     this.list = $('key-list');
     this.error = $('keys-error');
     $('new-key-form').addEventListener('submit', (e) => { e.preventDefault(); this.create(); });
@@ -21,12 +19,12 @@ export class KeysPanel {
   }
 
   setUser(userId) {
-    this.storageKey = `chat.key:${userId}`;
+    // Earlier versions of the page remembered the key the chat used: no longer needed.
+    storageSet(`chat.key:${userId}`, null);
   }
 
   reset() {
     this.items = [];
-    this.selected = null;
     this.list.replaceChildren();
     this.hideSecret();
     this.error.textContent = '';
@@ -36,7 +34,7 @@ export class KeysPanel {
     return (key.status || 'active') === 'active';
   }
 
-  /** Reload the list; keeps or repairs the selection. Returns the list. */
+  /** Reload the list. Returns it. */
   async refresh() {
     try {
       this.items = await keysApi.list();
@@ -45,44 +43,22 @@ export class KeysPanel {
       this.fail(err);
       return this.items;
     }
-    const remembered = this.selected || storageGet(this.storageKey);
-    const usable = this.items.filter((k) => this.isActive(k));
-    const keep = usable.find((k) => k.access_key === remembered);
-    const next = keep ? keep.access_key : (usable[0] ? usable[0].access_key : null);
-    this.render(next);
-    if (next !== this.selected) this.select(next);
+    this.render();
     return this.items;
   }
 
-  select(accessKey) {
-    this.selected = accessKey;
-    if (accessKey) storageSet(this.storageKey, accessKey);
-    for (const radio of this.list.querySelectorAll('input[type="radio"]')) {
-      radio.checked = radio.value === accessKey;
-    }
-    this.onSelect(accessKey);
-  }
-
-  render(selected) {
-    const rows = this.items.map((key) => this.renderKey(key, selected));
+  render() {
+    const rows = this.items.map((key) => this.renderKey(key));
     if (!rows.length) {
-      rows.push(el('li', { className: 'muted small', 'data-testid': 'no-keys' },
-        'No API key yet: create one to start chatting.'));
+      rows.push(el('li', { className: 'muted small', 'data-testid': 'no-keys' }, 'No API keys.'));
     }
     this.list.replaceChildren(...rows);
   }
 
-  renderKey(key, selected) {
+  renderKey(key) {
     const active = this.isActive(key);
-    const id = `key-${key.id}`;
-    const radio = el('input', {
-      type: 'radio', name: 'chat-key', id, value: key.access_key,
-      'data-testid': 'key-select', disabled: !active,
-    });
-    radio.checked = key.access_key === selected;
-    radio.addEventListener('change', () => { if (radio.checked) this.select(key.access_key); });
     const name = key.user_memo ? key.user_memo : '(no memo)';
-    const label = el('label', { for: id, className: 'key-name' }, name);
+    const label = el('span', { className: 'key-name', 'data-testid': 'key-name' }, name);
     const access = el('code', { className: 'key-access', title: key.access_key }, key.access_key);
     const status = el('span', {
       className: `badge ${active ? 'ok' : 'off'}`, 'data-testid': 'key-status',
@@ -97,7 +73,7 @@ export class KeysPanel {
     del.setAttribute('aria-label', `Delete key ${name}`);
     confirmButton(del, 'Confirm delete?', () => this.remove(key));
     return el('li', { className: 'key-item', 'data-testid': 'key-item', 'data-access-key': key.access_key },
-      el('div', { className: 'key-line' }, radio, label, status),
+      el('div', { className: 'key-line' }, label, status),
       el('div', { className: 'key-line' }, access),
       el('div', { className: 'key-line' }, created, toggle, del));
   }
@@ -108,7 +84,6 @@ export class KeysPanel {
       const created = await keysApi.create(memoInput.value.trim());
       memoInput.value = '';
       this.showSecret(created);
-      if (!this.selected && created && created.access_key) storageSet(this.storageKey, created.access_key);
       await this.refresh();
     } catch (err) {
       this.fail(err);
@@ -127,7 +102,6 @@ export class KeysPanel {
   async remove(key) {
     try {
       await keysApi.remove(key.id);
-      if (this.selected === key.access_key) this.selected = null;
       await this.refresh();
     } catch (err) {
       this.fail(err);

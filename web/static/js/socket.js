@@ -1,9 +1,14 @@
 // One chat WebSocket with reconnection (exponential backoff with jitter).
 //
-// The socket is opened for (access key, room). When it drops without us asking, it reconnects
-// after 0.5 s, 1 s, 2 s, ... up to 30 s; the server's init frame (followed, when an answer is
-// being generated, by the text so far) brings the view back in sync, so a half-streamed answer
-// resumes. The backoff restarts from the beginning once an init frame has arrived.
+// The socket is opened for the signed-in user and a room with a single-use ticket
+// (POST /api/user/ws-ticket, then /ws/chatgpt?ticket=…&chat_room_id=…): no API key, and no
+// long-lived secret in the URL. A ticket is spent by the connection that presents it, so every
+// (re)connect asks for a fresh one first. When the socket drops without us asking, or the ticket
+// request fails (other than 401), it retries after 0.5 s, 1 s, 2 s, ... up to 30 s; the server's
+// init frame (followed, when an answer is being generated, by the text so far) brings the view
+// back in sync, so a half-streamed answer resumes. The backoff restarts from the beginning once
+// an init frame has arrived. A 401 on the ticket request means the session is gone: no retry,
+// `onAuthLost` is called instead.
 
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 30000;
@@ -20,15 +25,19 @@ export function wireRoomId(roomId) {
 
 export class ChatSocket {
   /**
-   * @param {{onFrame: (frame: object) => void,
-   *          onState: (state: string, info: object) => void}} handlers
-   * states: 'connecting', 'open', 'waiting' (reconnect scheduled; info.delayMs, info.failedBeforeOpen,
-   *         info.failures), 'closed' (we closed it).
+   * @param {{getTicket: () => Promise<string>,
+   *          onFrame: (frame: object) => void,
+   *          onState: (state: string, info: object) => void,
+   *          onAuthLost: () => void}} handlers
+   * getTicket rejects with an error carrying `status` (401: signed out, no retry).
+   * states: 'connecting' (fetching a ticket, then opening), 'open', 'waiting' (retry scheduled;
+   *         info.delayMs, info.failedBeforeOpen, info.failures), 'closed' (we closed it).
    */
   constructor(handlers) {
     this.handlers = handlers;
     this.ws = null;
-    this.accessKey = null;
+    this.active = false; // connect() was called and close() was not
+    this.generation = 0; // bumped by every open() and close(): a late ticket is dropped
     this.roomId = '0';
     this.attempt = 0;
     this.failuresBeforeOpen = 0;
@@ -39,16 +48,15 @@ export class ChatSocket {
     });
   }
 
-  url() {
+  url(ticket) {
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const key = encodeURIComponent(this.accessKey);
-    const room = encodeURIComponent(String(this.roomId));
-    return `${scheme}://${location.host}/ws/chatgpt/${key}?chat_room_id=${room}`;
+    const query = new URLSearchParams({ ticket, chat_room_id: String(this.roomId) });
+    return `${scheme}://${location.host}/ws/chatgpt?${query}`;
   }
 
-  /** Open (or re-open) the socket for this key and room, dropping any previous one. */
-  connect(accessKey, roomId) {
-    this.accessKey = accessKey;
+  /** Open (or re-open) the socket for this room, dropping any previous one. */
+  connect(roomId) {
+    this.active = true;
     this.roomId = String(roomId);
     this.attempt = 0;
     this.failuresBeforeOpen = 0;
@@ -57,13 +65,15 @@ export class ChatSocket {
 
   /** Close on purpose: no reconnection. */
   close() {
+    this.active = false;
+    this.generation += 1;
     this.clearTimer();
     this.dropSocket();
     this.setState('closed', {});
   }
 
   reconnectNow() {
-    if (!this.accessKey) return;
+    if (!this.active) return;
     this.clearTimer();
     this.open();
   }
@@ -81,14 +91,35 @@ export class ChatSocket {
 
   // -- internals ---------------------------------------------------------------------------
 
-  open() {
+  async open() {
     this.clearTimer();
     this.dropSocket();
-    if (!this.accessKey) return;
-    const ws = new WebSocket(this.url());
+    if (!this.active) return;
+    this.generation += 1;
+    const generation = this.generation;
+    this.setState('connecting', { attempt: this.attempt });
+    let ticket;
+    try {
+      ticket = await this.handlers.getTicket();
+    } catch (err) {
+      if (generation !== this.generation) return; // closed or re-opened meanwhile
+      if (err && err.status === 401) {
+        this.close();
+        this.handlers.onAuthLost();
+        return;
+      }
+      this.failuresBeforeOpen += 1;
+      this.scheduleReconnect(true, undefined);
+      return;
+    }
+    if (generation !== this.generation) return; // the ticket expires unused
+    this.openWith(ticket);
+  }
+
+  openWith(ticket) {
+    const ws = new WebSocket(this.url(ticket));
     this.ws = ws;
     let opened = false;
-    this.setState('connecting', { attempt: this.attempt });
     ws.addEventListener('open', () => {
       if (this.ws !== ws) return;
       opened = true;
