@@ -37,14 +37,18 @@ class RoomHooks:
     A socket entering a room must not wait for SQL: ``touched`` only notes the room, and one
     writer task records every room noted meanwhile in one upsert (creating new rooms, setting
     ``last_used_at``). ``flush`` waits until what was noted is written (before listing rooms).
+    A batch MariaDB refused is kept and written with the next one (retried every
+    ``RETRY_EVERY`` while it fails); meanwhile ``flush`` does not wait for it.
     """
 
     FLUSH_EVERY = 0.2  # seconds: how long touches gather before one write
+    RETRY_EVERY = 2.0  # seconds between attempts while MariaDB refuses
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self._dirty: set[tuple[int, str]] = set()
         self._writing = False
+        self._failing = False
         self._wakeup = trio.Event()
         self._flushed = trio.Event()
 
@@ -53,15 +57,17 @@ class RoomHooks:
         self._wakeup.set()
 
     async def flush(self) -> None:
-        while self._dirty or self._writing:
+        while (self._dirty or self._writing) and not self._failing:
             await self._flushed.wait()
 
     async def deleted(self, user_id: int, room: str | None = None) -> None:
-        """One room of the user's, or all of them (``room`` None), is gone: drop its pending
-        touches and delete its rows after any write in flight (which would bring them back)."""
+        """One room of the user's, or all of them (``room`` None), is gone: after any write in
+        flight (which would bring its rows back, or hand its batch back if it failed), drop its
+        pending touches, then delete its rows."""
+        if self._writing:
+            await self._flushed.wait()  # the next write waits FLUSH_EVERY at least
         self._dirty = {(u, r) for u, r in self._dirty
                        if u != user_id or (room is not None and r != room)}
-        await self.flush()
         await self.storage.sql.run(delete_room(user_id, room))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -73,12 +79,20 @@ class RoomHooks:
             batch, self._dirty, self._writing = self._dirty, set(), True
             try:
                 await self.storage.sql.run(touch_rooms(sorted(batch)))
+                self._failing = False
             except StorageError as exc:
-                log.warning("could not record %d room(s): %s", len(batch), exc)
+                if not self._failing:
+                    log.warning("could not record %d room(s), kept for later: %s",
+                                len(batch), exc)
+                self._failing = True
+                self._dirty |= batch  # minus rooms deleted meanwhile: deleted() drops those
             finally:
                 self._writing = False
             self._flushed.set()
             self._flushed = trio.Event()
+            if self._failing:
+                await trio.sleep(self.RETRY_EVERY)
+                self._wakeup.set()
 
 
 log = logging.getLogger("chat.rooms")

@@ -24,6 +24,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
+from core.errors import StorageError
 from core.settings import Settings, load_settings
 from scripts.mock_upstream import expected_answer
 from storage.migrate import upgrade
@@ -241,3 +242,34 @@ async def rest_recovers(http: httpx.AsyncClient, auth: dict[str, str]) -> float:
                 return trio.current_time() - start
             assert_unavailable(r, f"list keys while it restarts (after {statuses})")
             await trio.sleep(0.1)
+
+
+async def test_a_room_first_entered_while_mariadb_is_down_gets_its_row(
+    db_settings: Settings, private_db: PrivateDb, redis_actor: object
+) -> None:
+    from chat_actors.service import RoomHooks
+    from storage.rooms import list_rooms
+
+    async with running_server(db_settings, database_url=private_db.url,
+                              key_cache_seconds=60) as server:
+        user = await server.new_user()
+        hooks = server.services.chat.rooms
+        async with chat_socket(server, user.access_key, room="before"):
+            pass  # its key check is cached now
+        await hooks.flush()
+        await trio.to_thread.run_sync(private_db.server.kill)
+        async with chat_socket(server, user.access_key, room="during"):
+            pass  # a key check fresh from the cache; its room touch fails to be written
+        await trio.sleep(2 * RoomHooks.FLUSH_EVERY)
+        with trio.fail_after(REST_BOUND):
+            await hooks.flush()  # does not wait out the outage
+        await trio.to_thread.run_sync(private_db.server.start)
+        with trio.fail_after(RECOVERY_BOUND):
+            while True:
+                try:
+                    rooms = await server.services.storage.sql.run(list_rooms(user.user_id))
+                    if sorted(r.chat_room_id for r in rooms) == ["before", "during"]:
+                        break
+                except StorageError:
+                    pass
+                await trio.sleep(0.2)
