@@ -11,12 +11,14 @@ PIP    := $(VENV)/bin/pip
 run: install vendor .env
 	$(PY) -m scripts.serve
 
-# First start: .env from .env-sample with a random JWT_SECRET (the sample's value is public and
-# refused outside the tests). An existing .env is never touched.
+# First start: .env from .env-sample with a random JWT_SECRET and SECRETS_KEY (the sample's
+# values are public and refused outside the tests). An existing .env is never touched.
 .env:
 	@secret=$$($(PYTHON) -c "import secrets; print(secrets.token_urlsafe(48))") && \
-	  sed "s|^JWT_SECRET=.*|JWT_SECRET=$$secret|" .env-sample > .env.tmp && mv .env.tmp .env && \
-	  echo "created .env from .env-sample (with a random JWT_SECRET)"
+	  key=$$($(PYTHON) -c "import secrets; print(secrets.token_urlsafe(32))") && \
+	  sed -e "s|^JWT_SECRET=.*|JWT_SECRET=$$secret|" -e "s|^SECRETS_KEY=.*|SECRETS_KEY=$$key|" \
+	    .env-sample > .env.tmp && mv .env.tmp .env && \
+	  echo "created .env from .env-sample (with a random JWT_SECRET and SECRETS_KEY)"
 
 # The whole suite: the Debian tools it runs (Chromium, docker-compose, Redis, MariaDB, npm),
 # the services started if down, then every test (SKIP_MISSING_TOOLS=1 to skip, not install).

@@ -2,6 +2,8 @@
 
     ChatServerError
     ├── ConfigError                 a setting is missing or invalid (start-up stops)
+    │   └── SecretKeyInvalid        SECRETS_KEY / SECRETS_OLD_KEYS is not 32 bytes of base64url
+    ├── SecretUndecryptable         a stored secret does not decrypt (core/secret_box.py)
     ├── StorageError                anything from Redis / MariaDB, mapped at the storage boundary
     │   ├── StorageUnavailable      cannot connect, connection lost, server restarting
     │   ├── StorageTimeout          a statement or command ran past its bound
@@ -48,6 +50,24 @@ class ConfigError(ChatServerError):
     """A setting is missing or invalid."""
 
     code = "bad_setting"
+
+
+class SecretKeyInvalid(ConfigError):
+    """Key material for ``core.secret_box`` (SECRETS_KEY, SECRETS_OLD_KEYS) is not usable."""
+
+
+class SecretUndecryptable(ChatServerError):
+    """A stored secret does not decrypt: encrypted under a key id that is not configured
+    (``reason="unknown_key"``), altered or moved from another row (``"not_authentic"``), not in
+    the encrypted format at all (``"clear"``) or broken (``"malformed"``). A server-side fault:
+    the message names the key id, never key material or the secret."""
+
+    code = "secret_unavailable"
+
+    def __init__(self, msg: str, *, key_id: str | None, reason: str) -> None:
+        super().__init__(msg)
+        self.key_id = key_id
+        self.reason = reason
 
 
 class ServerLeaseHeld(ChatServerError):

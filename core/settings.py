@@ -22,8 +22,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from core.errors import ConfigError
+from core.errors import ConfigError, SecretKeyInvalid
 from core.networks import parse_network
+from core.secret_box import NEW_KEY_HINT, parse_key
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
     # Auth
     jwt_secret: str = "change-me-local-only-jwt-secret-0123456789"
     jwt_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    #: Server key of the API keys' secrets at rest (core/secret_box.py): base64url of 32 bytes.
+    #: Required in prod; elsewhere, when unset, derived from JWT_SECRET (HKDF-SHA256).
+    secrets_key: str | None = Field(None, repr=False)
+    #: Keys still accepted to decrypt during a rotation (``python -m storage.rotate_secrets``).
+    secrets_old_keys: CommaList = Field([], repr=False)
     cookie_secure: bool = True
     hmac_window_seconds: int = Field(60, ge=1)
     max_api_keys_per_user: int = Field(3, ge=1)
@@ -155,14 +161,16 @@ class Settings(BaseSettings):
     # Translation (off unless TRANSLATOR_URL is set)
     translator_url: str | None = None
 
-    @field_validator("trusted_hosts", "allowed_origins", "trusted_proxies", mode="before")
+    @field_validator("trusted_hosts", "allowed_origins", "trusted_proxies", "secrets_old_keys",
+                     mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("database_url", "openai_api_key", "translator_url", mode="before")
+    @field_validator("database_url", "openai_api_key", "translator_url", "secrets_key",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -201,6 +209,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin: use scheme://host[:port] or *")
         return value
 
+    @field_validator("secrets_key")
+    @classmethod
+    def _check_secrets_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_key(value, "the value")
+        return value
+
+    @field_validator("secrets_old_keys")
+    @classmethod
+    def _check_old_keys(cls, value: list[str]) -> list[str]:
+        for number, entry in enumerate(value, 1):
+            _check_key(entry, f"entry {number}")
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: list[str]) -> list[str]:
@@ -216,6 +238,13 @@ class Settings(BaseSettings):
         if self.jwt_secret.startswith(SAMPLE_SECRET_PREFIX) and self.api_env != "test":
             raise ValueError(
                 "JWT_SECRET is the public sample value: set a random one "
+                "(`make run` writes one into a new .env)"
+            )
+        if self.secrets_key is None and self.api_env == "prod":
+            raise ValueError(f"SECRETS_KEY is required in prod (make one with {NEW_KEY_HINT})")
+        if (self.secrets_key or "").startswith(SAMPLE_SECRET_PREFIX) and self.api_env != "test":
+            raise ValueError(
+                "SECRETS_KEY is the public sample value: set a random one "
                 "(`make run` writes one into a new .env)"
             )
         if self.api_env == "prod" and "*" in self.trusted_hosts:
@@ -234,6 +263,14 @@ class Settings(BaseSettings):
 
     def model_spec(self, name: str) -> ModelSpec:
         return self.models.get(name, self.unknown_model)
+
+
+def _check_key(text: str, what: str) -> None:
+    """A key setting's problem as pydantic reports it (a ``ValueError``)."""
+    try:
+        parse_key(text, what)
+    except SecretKeyInvalid as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _http_url(url: str) -> SplitResult | None:

@@ -7,19 +7,24 @@ values; a unique index refusing a write raises ``StorageConflict`` (mapped by th
 
 Ownership is part of every query: a key id that exists but belongs to someone else is "not
 found", exactly like one that does not exist.
+
+API keys' secrets are encrypted at rest (``core.secret_box``, bound to ``secret_context``):
+records read back carry the encrypted value, ``reveal_secret`` decrypts it (the HMAC check does,
+nothing else needs it); only the record ``create_api_key`` returns holds the plaintext, once.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.secret_box import SecretBox
 from storage.models import (
     ApiKey,
     ApiKeyStatus,
@@ -58,12 +63,20 @@ class ApiKeyRecord:
     id: int
     user_id: int
     access_key: str
-    secret_key: str
+    #: As stored: encrypted (``reveal_secret`` decrypts it), never the plaintext.
+    secret_key: str = field(repr=False)
     user_memo: str | None
     status: str
     is_whitelisted: bool
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewApiKeyRecord(ApiKeyRecord):
+    """What ``create_api_key`` returns: the stored key and its plaintext secret, shown once."""
+
+    plain_secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -243,6 +256,19 @@ def new_secret_key() -> str:
     return secrets.token_urlsafe(30)  # 40 characters
 
 
+def secret_context(user_id: int, access_key: str) -> bytes:
+    """What a key's encrypted secret is bound to (its associated data): the column, the owner
+    and the access key. A ciphertext copied to another key's row, or a row moved to another user,
+    does not decrypt. (Only the access key is free text, and it comes last: unambiguous.)"""
+    return f"api_keys.secret_key\n{int(user_id)}\n{access_key}".encode()
+
+
+def reveal_secret(box: SecretBox, key: ApiKeyRecord) -> str:
+    """The plaintext secret of a stored key; ``SecretUndecryptable`` when it does not decrypt
+    (a key id not configured, a value altered, moved or stored in clear)."""
+    return box.decrypt(key.secret_key, secret_context(key.user_id, key.access_key))
+
+
 def _live_keys(user_id: int):  # type: ignore[no-untyped-def]
     return select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.status != ApiKeyStatus.DELETED)
 
@@ -264,15 +290,16 @@ async def get_api_key(sql: UnitRunner, user_id: int, key_id: int) -> ApiKeyRecor
 
 
 async def create_api_key(
-    sql: UnitRunner, user_id: int, user_memo: str | None, max_keys: int
-) -> ApiKeyRecord | None:
-    """A new active key, or None when the user already has ``max_keys`` live keys.
+    sql: UnitRunner, user_id: int, user_memo: str | None, max_keys: int, *, box: SecretBox
+) -> NewApiKeyRecord | None:
+    """A new active key, or None when the user already has ``max_keys`` live keys. Its secret
+    is stored encrypted by ``box``; the record returned carries the plaintext (``plain_secret``).
 
     The user's row is locked (``SELECT ... FOR UPDATE``) before counting, so concurrent
     creations for one user are serialized and the limit holds.
     """
 
-    async def unit(session: AsyncSession) -> ApiKeyRecord | None:
+    async def unit(session: AsyncSession) -> NewApiKeyRecord | None:
         owner = await session.get(User, user_id, with_for_update=True)
         if owner is None:
             return None
@@ -280,10 +307,11 @@ async def create_api_key(
         if (await session.execute(count_query)).scalar_one() >= max_keys:
             return None
         now = utcnow()
+        access_key, plain_secret = new_access_key(), new_secret_key()
         row = ApiKey(
             user_id=user_id,
-            access_key=new_access_key(),
-            secret_key=new_secret_key(),
+            access_key=access_key,
+            secret_key=box.encrypt(plain_secret, secret_context(user_id, access_key)),
             user_memo=user_memo,
             status=ApiKeyStatus.ACTIVE,
             is_whitelisted=False,
@@ -292,7 +320,7 @@ async def create_api_key(
         )
         session.add(row)
         await session.flush()
-        return _key(row)
+        return NewApiKeyRecord(**vars(_key(row)), plain_secret=plain_secret)
 
     return await sql.run(unit)
 

@@ -101,7 +101,9 @@ class ApiKey(Base):
         BigInteger, ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     access_key: Mapped[str] = mapped_column(String(64), unique=True)
-    secret_key: Mapped[str] = mapped_column(String(64))
+    #: Encrypted at rest (``core.secret_box``: ``sb1:<key id>:<base64url>``, 104 characters for
+    #: a 40-character secret); see ``storage.accounts.secret_context`` for what it is bound to.
+    secret_key: Mapped[str] = mapped_column(String(255))
     user_memo: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[ApiKeyStatus] = mapped_column(
         _enum(ApiKeyStatus, "api_key_status"),

@@ -11,6 +11,8 @@
 - ``db_settings``: ``settings`` pointing at ``fresh_database``.
 - ``redis_actor`` / ``sql_actor``: actors opened on those, closed after; the Redis fixture deletes
   every key under its prefix (SCAN + DEL) after the test.
+- ``own_redis`` / ``durable_redis``: a private redis-server on a spare port, for tests that
+  kill, pause or restart it (``durable``: append-only, fsynced on every write).
 
 Server addresses come from the usual settings (REDIS_URL, MYSQL_HOST/PORT/USER/PASSWORD); the
 defaults are the local services (127.0.0.1:6379, root with an empty password on :3306).
@@ -26,6 +28,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncmy
@@ -36,8 +39,28 @@ from storage.migrate import upgrade
 from storage.models import Base
 from storage.redis_actor import RedisActor, open_redis_actor
 from storage.sql_actor import SqlActor, open_sql_actor
+from tests.storage.servers import Server, redis_server
 
 os.environ.setdefault("API_ENV", "test")
+
+
+def _private_redis(tmp_path: Path, *, durable: bool) -> Iterator[Server]:
+    server = redis_server(tmp_path, durable=durable)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Server]:
+    yield from _private_redis(tmp_path, durable=False)
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[Server]:
+    yield from _private_redis(tmp_path, durable=True)
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
+from core.secret_box import SecretBox, derive_key, key_id, parse_key
 from core.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+REAL_KEY = "K" * 42 + "A"  # base64url of 32 bytes
 
 
 @pytest.fixture
@@ -144,7 +146,12 @@ def test_database_url_wins_over_parts(clean_env: pytest.MonkeyPatch) -> None:
     ({"api_env": "staging"}, "API_ENV"),
     ({"jwt_secret": "short"}, "JWT_SECRET"),
     ({"api_env": "prod", "trusted_hosts": ["api.example.com"]}, "JWT_SECRET"),
-    ({"api_env": "prod", "jwt_secret": "x" * 40}, "TRUSTED_HOSTS"),
+    ({"api_env": "prod", "jwt_secret": "x" * 40, "secrets_key": REAL_KEY}, "TRUSTED_HOSTS"),
+    ({"api_env": "prod", "jwt_secret": "x" * 40, "trusted_hosts": ["a.example.com"]},
+     "SECRETS_KEY"),
+    ({"secrets_key": "too-short"}, "SECRETS_KEY"),
+    ({"secrets_key": "a" * 42 + "A" + "=="}, "SECRETS_KEY"),  # bad padding
+    ({"secrets_old_keys": "a" * 42 + "A,nope"}, "SECRETS_OLD_KEYS"),
     ({"redis_timeout": 0}, "REDIS_TIMEOUT"),
     ({"openai_base_url": ""}, "OPENAI_BASE_URL"),
     ({"openai_base_url": "localhost:11434/v1"}, "OPENAI_BASE_URL"),
@@ -160,8 +167,60 @@ def test_bad_settings_name_the_variable(clean_env: pytest.MonkeyPatch,
 
 
 def test_prod_with_real_secrets_is_accepted(clean_env: pytest.MonkeyPatch) -> None:
-    settings = load_settings(api_env="prod", jwt_secret="s" * 48, trusted_hosts=["chat.example.com"])
+    settings = load_settings(api_env="prod", jwt_secret="s" * 48, secrets_key=REAL_KEY,
+                             trusted_hosts=["chat.example.com"])
     assert settings.api_env == "prod"
+    assert SecretBox.from_settings(settings).key_ids == (key_id(parse_key(REAL_KEY)),)
+    assert REAL_KEY not in repr(settings)
+
+
+def sample_value(name: str) -> str:
+    return next(line.split("=", 1)[1] for line in (ROOT / ".env-sample").read_text().splitlines()
+                if line.startswith(f"{name}="))
+
+
+def test_sample_secrets_key_is_refused_outside_tests(clean_env: pytest.MonkeyPatch) -> None:
+    sample = sample_value("SECRETS_KEY")
+    assert len(parse_key(sample)) == 32  # a usable key, as the tests use it...
+    for env in ("local", "prod"):  # ...but public
+        with pytest.raises(ConfigError) as info:
+            load_settings(api_env=env, jwt_secret="r" * 40, secrets_key=sample,
+                          trusted_hosts=["chat.example.com"])
+        assert "SECRETS_KEY is the public sample value" in str(info.value)
+    assert load_settings(api_env="test", secrets_key=sample).secrets_key == sample
+
+
+def test_secrets_key_unset_is_derived_from_the_jwt_secret_outside_prod(
+        clean_env: pytest.MonkeyPatch) -> None:
+    for env in ("local", "test"):
+        settings = load_settings(api_env=env, jwt_secret="r" * 40)
+        assert settings.secrets_key is None
+        assert SecretBox.from_settings(settings).key_ids == (key_id(derive_key("r" * 40)),)
+    # set, it is the current key; the derived one (what unset meant) still decrypts, and the
+    # old keys of a rotation too, in their order
+    old = "b" * 42 + "A"
+    settings = load_settings(api_env="local", jwt_secret="r" * 40, secrets_key=REAL_KEY,
+                             secrets_old_keys=f" {old} ,")
+    assert settings.secrets_old_keys == [old]
+    assert SecretBox.from_settings(settings).key_ids == (
+        key_id(parse_key(REAL_KEY)), key_id(parse_key(old)), key_id(derive_key("r" * 40)))
+    # in prod nothing is derived from JWT_SECRET
+    prod = load_settings(api_env="prod", jwt_secret="r" * 40, secrets_key=REAL_KEY,
+                         secrets_old_keys=old, trusted_hosts=["chat.example.com"])
+    assert SecretBox.from_settings(prod).key_ids == (key_id(parse_key(REAL_KEY)),
+                                                     key_id(parse_key(old)))
+
+
+def test_secrets_settings_are_read_from_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    old = "b" * 42 + "A"
+    clean_env.setenv("SECRETS_KEY", REAL_KEY)
+    clean_env.setenv("SECRETS_OLD_KEYS", f"{old},{'c' * 42}A")
+    settings = load_settings(api_env="test")
+    assert (settings.secrets_key, settings.secrets_old_keys) == (REAL_KEY, [old, "c" * 42 + "A"])
+    clean_env.setenv("SECRETS_KEY", "")  # compose passes an unset value as ""
+    clean_env.setenv("SECRETS_OLD_KEYS", "")
+    settings = load_settings(api_env="test")
+    assert (settings.secrets_key, settings.secrets_old_keys) == (None, [])
 
 
 def test_env_sample_documents_every_setting() -> None:

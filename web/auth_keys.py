@@ -12,26 +12,37 @@ constant-time comparison of the header's exact bytes (nothing stripped: ``str.st
 query accepted once, then the same key / owner / allow-list rules. The replay nonce is built
 from server-controlled values only (access key + raw query string, remembered in Redis with
 ``SET NX EX 2×window``): nothing a client adds to the header can make a used query fresh.
+
+The secret is stored encrypted (``core.secret_box``) and decrypted here, for this check only. A
+secret that does not decrypt (encrypted under a key no longer configured, altered, or stored in
+clear) is a server-side fault, not the caller's: it is logged (``chat.errors``, with the key's
+row id and the key id, never key material) and answered 503 ``secret_unavailable``, as a store
+that cannot be read is. Not 401: the signature may well be right, and a client told it is not
+would replace a good key while the operator sees nothing; once the key is configured again (see
+README, "Rotating secrets") the same client call succeeds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from core.errors import ApiError
+from core.errors import ApiError, SecretUndecryptable
 from core.hmac_signing import sign_query_string
 from core.networks import ip_in, parse_networks
+from core.secret_box import SecretBox
 from storage import accounts
 from web.services import Services
 from web.user_status import check_user_status
 
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
+log = logging.getLogger("chat.errors")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,18 @@ def _one(params: dict[str, list[str]], name: str) -> str:
     return values[0]
 
 
+def _secret_of(services: Services, record: accounts.KeyAuthRecord) -> str:
+    """The key's plaintext secret; ``ApiError(503)`` (logged) when it does not decrypt."""
+    try:
+        return accounts.reveal_secret(SecretBox.from_settings(services.settings), record.key)
+    except SecretUndecryptable as exc:
+        log.error("API key id %s: its secret does not decrypt (%s, key id %s): %s; check "
+                  "SECRETS_KEY and SECRETS_OLD_KEYS", record.key.id, exc.reason,
+                  exc.key_id or "-", exc)
+        raise ApiError(503, "secret_unavailable", "The server cannot check this API key's "
+                       "signature right now; retry later.") from None
+
+
 async def authenticate_signed_query(
     services: Services,
     raw_query: bytes,
@@ -94,7 +117,7 @@ async def authenticate_signed_query(
     record = None
     if len(access_key) <= 64:
         record = await accounts.get_key_for_auth(services.storage.sql, access_key)
-    expected = sign_query_string(record.key.secret_key if record else "", raw_query)
+    expected = sign_query_string(_secret_of(services, record) if record else "", raw_query)
     # The header exactly as received (Quart decodes header bytes as latin-1): no stripping.
     sent = signature.encode("latin-1", errors="replace")
     if not hmac.compare_digest(expected.encode(), sent) or record is None:

@@ -18,6 +18,7 @@ from quart_schema import (
 )
 
 from core.errors import ApiError, StorageConflict
+from core.secret_box import SecretBox
 from storage import accounts
 from web.routes_user import current_user, document_errors
 from web.schemas import (
@@ -77,11 +78,13 @@ async def list_keys() -> list[ApiKeyOut]:
 @document_errors(400, 422)
 async def create_key(data: ApiKeyCreate) -> tuple[ApiKeyCreated, int]:
     """A new API key; its ``secret_key`` is shown in this response only."""
-    limit = get_services(current_app).settings.max_api_keys_per_user
-    key = await accounts.create_api_key(_sql(), current_user().id, data.user_memo, limit)
+    settings = get_services(current_app).settings
+    limit = settings.max_api_keys_per_user
+    key = await accounts.create_api_key(_sql(), current_user().id, data.user_memo, limit,
+                                        box=SecretBox.from_settings(settings))
     if key is None:
         raise ApiError(400, "max_api_keys", f"At most {limit} API keys per user.", {"max": limit})
-    return ApiKeyCreated(**key_out(key).model_dump(), secret_key=key.secret_key), 201
+    return ApiKeyCreated(**key_out(key).model_dump(), secret_key=key.plain_secret), 201
 
 
 @bp.put(f"/<{ID}:key_id>")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from functools import partial
-from pathlib import Path
 
 import pytest
 import trio
@@ -17,7 +16,7 @@ from core.errors import StorageError
 from core.settings import Settings, load_settings
 from scripts.mock_upstream import expected_answer, serve_mock_upstream
 from storage import open_storage
-from tests.storage.servers import redis_server
+from tests.storage.servers import Server
 
 
 @pytest.fixture
@@ -210,93 +209,85 @@ async def read_until_finish(box: Outbox, timeout: float = 10) -> list[dict[str, 
                 return seen
 
 
+@pytest.fixture
+async def chat_on_own_redis(db_settings: Settings, own_redis: Server,
+                            nursery: trio.Nursery) -> AsyncIterator[Chat]:
+    """A chat side on a private Redis the test may kill (short answers, 1 s Redis timeout)."""
+    port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=5,
+                                       delay_ms=1))
+    settings = load_settings(
+        api_env="test", redis_url=f"redis://127.0.0.1:{own_redis.port}/0", redis_timeout=1.0,
+        database_url=db_settings.database_url, openai_base_url=f"http://127.0.0.1:{port}/v1")
+    async with open_storage(settings) as storage, open_chat(settings, storage) as chat:
+        yield chat
+
+
 async def test_redis_down_the_session_keeps_its_answers_and_writes_them_back(
-    db_settings: Settings, tmp_path: Path, nursery: trio.Nursery
+    chat_on_own_redis: Chat, own_redis: Server
 ) -> None:
-    redis = redis_server(tmp_path)
-    redis.start()
-    try:
-        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=5,
-                                           delay_ms=1))
-        settings = load_settings(
-            api_env="test", redis_url=f"redis://127.0.0.1:{redis.port}/0", redis_timeout=1.0,
-            database_url=db_settings.database_url, openai_base_url=f"http://127.0.0.1:{port}/v1")
-        async with open_storage(settings) as storage, open_chat(settings, storage) as chat:
-            box = Outbox()
-            ref = await chat.registry.attach(11, "0", box)
-            await drain(box)
+    chat, redis = chat_on_own_redis, own_redis
+    box = Outbox()
+    ref = await chat.registry.attach(11, "0", box)
+    await drain(box)
 
-            async def ask(text: str) -> str:
-                await chat.registry.send(ref, box, text)
-                *deltas, last = await read_until_finish(box)
-                assert all(frames.is_delta(f) for f in deltas), deltas
-                assert last == frames.terminator_frame("0"), last  # stored, or kept for later
-                answer = "".join(str(f["msg"]) for f in deltas)
-                assert answer == expected_answer([{"role": "user", "content": text}], 5)
-                return answer
+    async def ask(text: str) -> str:
+        await chat.registry.send(ref, box, text)
+        *deltas, last = await read_until_finish(box)
+        assert all(frames.is_delta(f) for f in deltas), deltas
+        assert last == frames.terminator_frame("0"), last  # stored, or kept for later
+        answer = "".join(str(f["msg"]) for f in deltas)
+        assert answer == expected_answer([{"role": "user", "content": text}], 5)
+        return answer
 
-            first = await ask("before")
-            redis.kill()
-            # Redis is gone: the session answers from memory and keeps what it could not write.
-            during = [await ask("while down"), await ask("still down")]
-            redis.restart()  # empty: it kept nothing on disk
-            expected = [("user", "before", False), ("assistant", first, False),
-                        ("user", "while down", False), ("assistant", during[0], False),
-                        ("user", "still down", False), ("assistant", during[1], False)]
-            # Without any new message the session writes its context back once Redis answers.
-            with trio.fail_after(15):
-                while True:
-                    try:
-                        loaded = await chat.store.load(11, "0")
-                        if len(loaded.messages) == len(expected):
-                            break
-                    except StorageError:
-                        pass
-                    await trio.sleep(0.1)
-            assert [(m.role, m.content, m.partial) for m in loaded.messages] == expected
-            third = await ask("after")
-            expected += [("user", "after", False), ("assistant", third, False)]
-            await chat.registry.stop_session(11, "0")  # the next actor reloads from Redis
-            snap = await chat.registry.snapshot(11, "0")
-            assert [(m.role, m.content, m.partial) for m in snap.messages] == expected
-            assert not box.pending
-    finally:
-        redis.kill()
+    first = await ask("before")
+    redis.kill()
+    # Redis is gone: the session answers from memory and keeps what it could not write.
+    during = [await ask("while down"), await ask("still down")]
+    redis.restart()  # empty: it kept nothing on disk
+    expected = [("user", "before", False), ("assistant", first, False),
+                ("user", "while down", False), ("assistant", during[0], False),
+                ("user", "still down", False), ("assistant", during[1], False)]
+    # Without any new message the session writes its context back once Redis answers.
+    with trio.fail_after(15):
+        while True:
+            try:
+                loaded = await chat.store.load(11, "0")
+                if len(loaded.messages) == len(expected):
+                    break
+            except StorageError:
+                pass
+            await trio.sleep(0.1)
+    assert [(m.role, m.content, m.partial) for m in loaded.messages] == expected
+    third = await ask("after")
+    expected += [("user", "after", False), ("assistant", third, False)]
+    await chat.registry.stop_session(11, "0")  # the next actor reloads from Redis
+    snap = await chat.registry.snapshot(11, "0")
+    assert [(m.role, m.content, m.partial) for m in snap.messages] == expected
+    assert not box.pending
 
 
 async def test_past_its_bound_a_session_refuses_new_messages_while_redis_is_down(
-    db_settings: Settings, tmp_path: Path, nursery: trio.Nursery,
-    monkeypatch: pytest.MonkeyPatch,
+    chat_on_own_redis: Chat, own_redis: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(session_module, "UNSAVED_LIMIT", 2)
-    redis = redis_server(tmp_path)
-    redis.start()
-    try:
-        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", 0, tokens=5,
-                                           delay_ms=1))
-        settings = load_settings(
-            api_env="test", redis_url=f"redis://127.0.0.1:{redis.port}/0", redis_timeout=1.0,
-            database_url=db_settings.database_url, openai_base_url=f"http://127.0.0.1:{port}/v1")
-        async with open_storage(settings) as storage, open_chat(settings, storage) as chat:
-            box = Outbox()
-            ref = await chat.registry.attach(12, "0", box)
-            await drain(box)
-            redis.kill()
-            # Two changes kept (the question and its answer), then the bound: the next question
-            # is refused (its answer cancelled by the error), nothing of it kept.
-            await chat.registry.send(ref, box, "kept")
-            assert (await read_until_finish(box))[-1] == frames.terminator_frame("0")
-            await chat.registry.send(ref, box, "refused")
-            last = (await read_until_finish(box))[-1]
-            assert last["error"]["code"] == "storage_unavailable", last  # type: ignore[index]
-            snap = await chat.registry.snapshot(12, "0")
-            assert [m.content for m in snap.messages][:1] == ["kept"]
-            assert "refused" not in [m.content for m in snap.messages]
-            # Stopping with Redis still down: what was kept cannot be written; the socket is
-            # told, not left believing it was saved.
-            await chat.registry.stop_session(12, "0")
-            told = await drain(box)
-            assert any(f.get("error", {}).get("code") == "answer_not_saved"  # type: ignore[union-attr]
-                       for f in told), told
-    finally:
-        redis.kill()
+    chat, redis = chat_on_own_redis, own_redis
+    box = Outbox()
+    ref = await chat.registry.attach(12, "0", box)
+    await drain(box)
+    redis.kill()
+    # Two changes kept (the question and its answer), then the bound: the next question
+    # is refused (its answer cancelled by the error), nothing of it kept.
+    await chat.registry.send(ref, box, "kept")
+    assert (await read_until_finish(box))[-1] == frames.terminator_frame("0")
+    await chat.registry.send(ref, box, "refused")
+    last = (await read_until_finish(box))[-1]
+    assert last["error"]["code"] == "storage_unavailable", last  # type: ignore[index]
+    snap = await chat.registry.snapshot(12, "0")
+    assert [m.content for m in snap.messages][:1] == ["kept"]
+    assert "refused" not in [m.content for m in snap.messages]
+    # Stopping with Redis still down: what was kept cannot be written; the socket is
+    # told, not left believing it was saved.
+    await chat.registry.stop_session(12, "0")
+    told = await drain(box)
+    assert any(f.get("error", {}).get("code") == "answer_not_saved"  # type: ignore[union-attr]
+               for f in told), told

@@ -16,17 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import StorageUnavailable
 from storage.redis_actor import open_redis_actor
 from storage.sql_actor import open_sql_actor
-from tests.storage.servers import Server, mariadb_server, redis_server
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[Server]:
-    server = redis_server(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+from tests.storage.servers import Server, mariadb_server
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 import trio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -23,12 +24,13 @@ from sqlalchemy.pool import NullPool
 from core.errors import ConfigError
 from core.settings import Settings, load_settings
 from storage.bootstrap import bootstrap
-from storage.migrate import current, downgrade, upgrade
+from storage.migrate import alembic_config, current, downgrade, upgrade
 from storage.models import Base
 from tests.conftest import admin_sql, database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"users", "api_keys", "api_whitelists", "chat_rooms"}
+HEAD = ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
 def _inspect(url: str) -> tuple[set[str], list[object]]:
@@ -63,7 +65,7 @@ def empty_database(settings: Settings) -> Iterator[str]:
 async def test_upgrade_downgrade_upgrade(empty_database: str) -> None:
     url = empty_database
     await trio.to_thread.run_sync(upgrade, url)
-    assert await trio.to_thread.run_sync(current, url) == "0001"
+    assert await trio.to_thread.run_sync(current, url) == HEAD
     tables, diff = await trio.to_thread.run_sync(_inspect, url)
     assert TABLES <= tables
     assert diff == []  # the migration creates exactly what the models describe
@@ -169,7 +171,7 @@ def test_cli_bootstraps_then_upgrades(settings: Settings) -> None:
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        assert "upgraded to 0001" in done.stdout
+        assert f"upgraded to {HEAD}" in done.stdout
         app_url = f"mysql+asyncmy://{user}:cli-pass@127.0.0.1:3306/{db}?charset=utf8mb4"
         tables, diff = _inspect(app_url)
         assert TABLES <= tables and diff == []
@@ -178,7 +180,7 @@ def test_cli_bootstraps_then_upgrades(settings: Settings) -> None:
 
 
 async def test_fresh_database_fixture_is_at_head_and_matches_models(fresh_database: str) -> None:
-    assert await trio.to_thread.run_sync(current, fresh_database) == "0001"
+    assert await trio.to_thread.run_sync(current, fresh_database) == HEAD
     tables, diff = await trio.to_thread.run_sync(_inspect, fresh_database)
     assert tables == TABLES | {"alembic_version"}
     assert diff == []

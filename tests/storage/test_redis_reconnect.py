@@ -3,26 +3,13 @@ are replaced on their first use, not reported as errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import trio
 
 from storage.redis_actor import RedisActor, open_redis_actor
-from tests.storage.servers import Server, redis_server
+from tests.storage.servers import Server
 
 CALLERS = 20
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[Server]:
-    server = redis_server(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 async def fill_the_pool(r: RedisActor) -> None:
@@ -34,13 +21,13 @@ async def fill_the_pool(r: RedisActor) -> None:
 
 
 @pytest.mark.parametrize("pause", [1.0, 0.1])
-async def test_first_calls_after_a_restart_succeed(private_redis: Server, pause: float) -> None:
-    url = f"redis://127.0.0.1:{private_redis.port}/0"
+async def test_first_calls_after_a_restart_succeed(own_redis: Server, pause: float) -> None:
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
     async with open_redis_actor(url, prefix="reconnect:", timeout=2.0) as r:
         await fill_the_pool(r)
-        await trio.to_thread.run_sync(private_redis.kill)  # SIGKILL: no goodbye to clients
+        await trio.to_thread.run_sync(own_redis.kill)  # SIGKILL: no goodbye to clients
         await trio.sleep(0.2)
-        await trio.to_thread.run_sync(private_redis.start)
+        await trio.to_thread.run_sync(own_redis.start)
         await trio.sleep(pause)
         failures: list[BaseException] = []
 

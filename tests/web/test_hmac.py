@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import ApiError
 from core.hmac_signing import sign_query_string
+from core.secret_box import SecretBox
 from core.settings import Settings
 from scripts.hmac_sign import main as sign_cli
 from scripts.hmac_sign import sign_query
@@ -171,14 +171,17 @@ def test_known_answer_vector() -> None:
 
 
 async def key_with_secret(client: Client, app: object, email: str, secret_key: str) -> str:
-    """A new key whose secret is ``secret_key`` (set in the database); its access key."""
+    """A new key whose secret is ``secret_key`` (set in the database, encrypted as the server
+    stores it); its access key."""
     token = await register(client, email)
     key = await new_key(client, token)
+    box = SecretBox.from_settings(get_services(app).settings)
 
     async def set_secret(session: AsyncSession) -> None:
-        await session.execute(
-            update(ApiKey).where(ApiKey.id == key["id"]).values(secret_key=secret_key)
-        )
+        row = await session.get(ApiKey, key["id"])
+        assert row is not None
+        row.secret_key = box.encrypt(secret_key, accounts.secret_context(row.user_id,
+                                                                         row.access_key))
 
     await get_services(app).storage.sql.run(set_secret)
     return str(key["access_key"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ import trio
 from core.settings import Settings
 from scripts.mock_upstream import expected_answer
 from tests.chat_server import ChatServer, User, chat_socket, running_server
-from tests.storage.servers import redis_server
+from tests.storage.servers import Server
 
 Event = tuple[str, str]  # see ChatClient.events
 
@@ -43,28 +42,23 @@ async def test_first_message_echo_precedes_its_answer(server: ChatServer, user: 
 
 
 async def test_echo_precedes_the_answer_while_redis_is_slow(db_settings: Settings,
-                                                            tmp_path: Path) -> None:
+                                                            own_redis: Server) -> None:
     # The upstream answers while the user message is still being stored: Redis is paused
     # (SIGSTOP) for longer than the mock takes to send its first token.
-    redis = redis_server(tmp_path)
-    redis.start()
-    try:
-        async with running_server(db_settings,
-                                  redis_url=f"redis://127.0.0.1:{redis.port}/0") as server:
-            user = await server.new_user()
-            async with (chat_socket(server, user.access_key) as a,
-                        chat_socket(server, user.access_key) as b):
-                assert redis.proc is not None
-                os.kill(redis.proc.pid, signal.SIGSTOP)
-                try:
-                    await a.send("slow store")
-                    await trio.sleep(0.5)
-                finally:
-                    os.kill(redis.proc.pid, signal.SIGCONT)
-                assert await b.events(1) == [("echo", "slow store"), *answered("slow store")]
-                assert await a.events(1) == answered("slow store")
-    finally:
-        redis.kill()
+    async with running_server(db_settings,
+                              redis_url=f"redis://127.0.0.1:{own_redis.port}/0") as server:
+        user = await server.new_user()
+        async with (chat_socket(server, user.access_key) as a,
+                    chat_socket(server, user.access_key) as b):
+            assert own_redis.proc is not None
+            os.kill(own_redis.proc.pid, signal.SIGSTOP)
+            try:
+                await a.send("slow store")
+                await trio.sleep(0.5)
+            finally:
+                os.kill(own_redis.proc.pid, signal.SIGCONT)
+            assert await b.events(1) == [("echo", "slow store"), *answered("slow store")]
+            assert await a.events(1) == answered("slow store")
 
 
 async def test_queued_messages_echo_before_each_answer(server: ChatServer, user: User) -> None:
