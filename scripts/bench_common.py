@@ -174,6 +174,9 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
             # The benchmarks measure the server, not the per-user limits: their users each
             # carry many sessions.
             "CHAT_MESSAGES_PER_MINUTE": "0", "CHAT_ANSWERS_AT_ONCE": "0",
+            # ... nor the sign-in limits: every user registers from 127.0.0.1.
+            "LOGIN_FAILURES_PER_EMAIL": "0", "LOGIN_ATTEMPTS_PER_IP": "0",
+            "REGISTRATIONS_PER_IP": "0",
             "WS_CONNECTIONS_PER_KEY": "0",
             # Several workers on one prefix: valid only where no session is wanted by two.
             "SERVER_LEASE": "true" if server_workers == 1 else "false", **(env or {}),

@@ -84,6 +84,11 @@ def server_settings(db_settings: Settings, **overrides: Any) -> Settings:
         "chat_messages_per_minute": 0,
         "chat_answers_at_once": 0,
         "ws_connections_per_key": 0,
+        # Sign-in limits likewise (tests/web/test_auth_limits.py): every user registers from
+        # 127.0.0.1.
+        "login_failures_per_email": 0,
+        "login_attempts_per_ip": 0,
+        "registrations_per_ip": 0,
     }
     values.update(overrides)
     return load_settings(**values)

@@ -5,8 +5,12 @@ Paths fall into three classes:
   page), static files and docs assets, ``/ws/*`` (the socket handler authenticates itself);
 - services ``/api/services`` and ``/api/services/*`` (exactly that prefix): HMAC API key;
 - everything else: a JWT from ``Authorization: Bearer <jwt>`` or the ``Authorization`` cookie,
-  then the user's status (``web.user_status``: deleted → 401, blocked → 403) on every request.
-The outcome lands in the request state (``web.state``) and, for JWT routes, ``g.user``.
+  checked by ``authenticate_token`` on every request: signature and expiry, not logged out
+  (``web.token_revocation``, 401 ``token_revoked``), the user's status (``web.user_status``:
+  deleted → 401, blocked → 403), and issued for the user's current password (401
+  ``token_revoked`` after a password change, ``web.jwt_tokens``).
+The outcome lands in the request state (``web.state``) and, for JWT routes, ``g.user``. The
+routes under ``/api/auth`` that need a signed-in user call ``authenticate_token`` themselves.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from quart import current_app, g, request
 from core.errors import ApiError
 from storage import accounts
 from web.auth_keys import authenticate_signed_query
-from web.jwt_tokens import decode_token, strip_bearer
+from web.jwt_tokens import decode_token, stamp_matches, strip_bearer
 from web.services import Services, get_services
 from web.state import state_of
+from web.token_revocation import is_revoked
 from web.user_status import check_user_status
 
 PUBLIC_EXACT = frozenset({"/", "/docs", "/openapi.json", "/favicon.ico"})
@@ -45,7 +50,7 @@ def classify(path: str) -> PathClass:
     return PathClass.USER
 
 
-def _token_from_request() -> str | None:
+def token_from_request() -> str | None:
     header = request.headers.get("Authorization")
     if header:
         return strip_bearer(header)
@@ -55,8 +60,22 @@ def _token_from_request() -> str | None:
     return None
 
 
-async def load_active_user(services: Services, user_id: int) -> accounts.UserRecord:
-    return check_user_status(await accounts.get_user(services.storage.sql, user_id), "token")
+def _revoked(msg: str) -> ApiError:
+    return ApiError(401, "token_revoked", msg)
+
+
+async def authenticate_token(services: Services, token: str) -> accounts.UserRecord:
+    """The active user a JWT stands for, or the ``ApiError`` that refuses it (401 / 403).
+
+    The one JWT check: every route that takes a JWT comes through here."""
+    claims = decode_token(services.settings, token)
+    if await is_revoked(services, claims):
+        raise _revoked("The token was revoked (logged out).")
+    user = check_user_status(await accounts.get_user(services.storage.sql, claims.user_id),
+                             "token")
+    if not stamp_matches(services.settings, claims, user.password_hash):
+        raise _revoked("The token was revoked (the password changed since it was issued).")
+    return user
 
 
 async def access_control() -> None:
@@ -75,9 +94,9 @@ async def access_control() -> None:
         )
         state.user_id, state.email, state.api_key_id = authed.user_id, authed.email, authed.key_id
         return
-    token = _token_from_request()
+    token = token_from_request()
     if not token:
         raise ApiError(401, "not_authenticated", "A bearer token is required.")
-    user = await load_active_user(services, decode_token(services.settings, token))
+    user = await authenticate_token(services, token)
     state.user_id, state.email = user.id, user.email
     g.user = user

@@ -1,7 +1,8 @@
 """The app factory: ``create_app(settings) -> QuartTrio``.
 
-Layers, outermost first: access log (request state, one JSON line per request) → trusted host
-→ CORS → Quart (access control as ``before_request``, then the route). Lifespan: before serving,
+Layers, outermost first: security headers (``web.security_headers``, on every response) →
+access log (request state, one JSON line per request) → trusted host → CORS → Quart (access
+control as ``before_request``, then the route). Lifespan: before serving,
 ``run_services`` starts in ``app.nursery`` (storage, then each extra service starter) and hands
 back the ``Services``; after serving, it is asked to stop and given ``shutdown_grace`` seconds
 before QuartTrio's nursery deadline cancels it.
@@ -22,6 +23,7 @@ from core.heap import tune_collector
 from core.networks import parse_networks
 from core.settings import Settings
 from web import (
+    auth_limits,
     routes_apikeys,
     routes_auth,
     routes_health,
@@ -39,6 +41,7 @@ from web.docs import install_docs
 from web.errors import JsonErrorRequest, install_error_handlers
 from web.hosts import TrustedHostMiddleware
 from web.passwords import Passwords
+from web.security_headers import SecurityHeadersMiddleware
 from web.services import SERVICES_EXTENSION, ServicesHandle, ServiceStarter, run_services
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -79,6 +82,7 @@ def create_app(
     app.config["CHAT_SETTINGS"] = settings
 
     install_error_handlers(app)
+    auth_limits.install(app)
     install_docs(app)
     app.before_request(access_control)
     app.after_request(forget_key_checks)
@@ -116,11 +120,13 @@ def create_app(
             handle.stop.set()
             await handle.done.wait()
 
-    app.asgi_app = AccessLogMiddleware(  # type: ignore[method-assign,assignment]
-        TrustedHostMiddleware(
-            CorsMiddleware(app.asgi_app, settings.allowed_origins),  # type: ignore[arg-type]
-            settings.trusted_hosts,
-        ),
-        parse_networks(settings.trusted_proxies),
+    app.asgi_app = SecurityHeadersMiddleware(  # type: ignore[method-assign,assignment]
+        AccessLogMiddleware(
+            TrustedHostMiddleware(
+                CorsMiddleware(app.asgi_app, settings.allowed_origins),  # type: ignore[arg-type]
+                settings.trusted_hosts,
+            ),
+            parse_networks(settings.trusted_proxies),
+        )
     )
     return app

@@ -1,4 +1,4 @@
-"""``/api/user/me``: the signed-in user's profile (JWT routes)."""
+"""``/api/user/me``: the signed-in user's profile and password (JWT routes)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from quart import Blueprint, current_app, g
+from quart import Blueprint, Response, current_app, g
 from quart_schema import (
     document_response,
     security_scheme_blueprint,
@@ -14,10 +14,16 @@ from quart_schema import (
     validate_request,
     validate_response,
 )
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.errors import ApiError
 from storage import accounts
+from storage.models import User, UserStatus, utcnow
+from web.auth_limits import AuthLimits, account_subject
 from web.errors import ErrorBody
-from web.schemas import DeletedOut, UserOut, UserUpdate
+from web.jwt_tokens import token_response
+from web.schemas import DeletedOut, PasswordChange, TokenOut, UserOut, UserUpdate
 from web.services import Services, get_services
 
 bp = Blueprint("user", __name__, url_prefix="/api/user")
@@ -80,6 +86,49 @@ async def put_me(data: UserUpdate) -> UserOut:
     services = get_services(current_app)
     updated = await accounts.update_user(services.storage.sql, current_user().id, changes)
     return user_out(updated or current_user())
+
+
+async def set_password_hash(
+    sql: accounts.UnitRunner, user_id: int, old_hash: str | None, new_hash: str
+) -> bool:
+    """Replace the hash of an active user if it is still ``old_hash`` (compare and set: of two
+    changes at once, one wins and the other changes nothing)."""
+
+    async def unit(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(User)
+            .where(User.id == user_id, User.status == UserStatus.ACTIVE,
+                   User.password_hash == old_hash)
+            .values(password_hash=new_hash, updated_at=utcnow())
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    return await sql.run(unit)
+
+
+@bp.put("/me/password")
+@validate_request(PasswordChange)
+@document_response(TokenOut, 200)
+@document_errors(409, 422, 429, 503)
+async def put_password(data: PasswordChange) -> Response:
+    """Change the password. Every token issued before this call, the one making it included,
+    stops working (401 ``token_revoked``); the answer carries a fresh token, also set as the
+    cookie. A wrong current password is 403 ``wrong_password`` and counts as a failed sign-in
+    of the account (``LOGIN_FAILURES_PER_EMAIL`` per 5 minutes, then 429 ``too_many_attempts``
+    for logins and this route alike). 409 ``password_conflict``: another change won meanwhile.
+    API keys are separate credentials and keep working."""
+    services = get_services(current_app)
+    user = current_user()
+    limits = AuthLimits.from_settings(services.storage.redis, services.settings)
+    reservation = await limits.reserve_failure(account_subject(user.id, user.email))
+    if not await services.passwords.verify(user.password_hash, data.current_password):
+        raise ApiError(403, "wrong_password", "The current password is wrong.")
+    await limits.refund(reservation)
+    new_hash = await services.passwords.hash(data.new_password)
+    if not await set_password_hash(services.storage.sql, user.id, user.password_hash, new_hash):
+        raise ApiError(409, "password_conflict",
+                       "The password was changed (or the account closed) meanwhile.")
+    return token_response(services.settings, user.id, new_hash, 200)
 
 
 @bp.delete("/me")

@@ -18,9 +18,12 @@ class Strict(BaseModel):
 # ---- auth --------------------------------------------------------------------------------
 
 
+PASSWORD_MIN, PASSWORD_MAX = 8, 1024
+
+
 class Credentials(Strict):
     email: str = Field(max_length=255, examples=["user@example.com"])
-    password: str = Field(min_length=8, max_length=1024)
+    password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
     @field_validator("email")
     @classmethod
@@ -59,6 +62,13 @@ class UserUpdate(Strict):
     phone_number: str | None = Field(default=None, max_length=32, pattern=r"^[0-9+() .-]*$")
     profile_img: str | None = Field(default=None, max_length=255)
     marketing_agree: bool = False
+
+
+class PasswordChange(Strict):
+    """The new password follows registration's rule (8-1024 characters)."""
+
+    current_password: str = Field(min_length=1, max_length=PASSWORD_MAX)
+    new_password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
 
 class DeletedOut(BaseModel):

@@ -33,6 +33,11 @@ def web_settings(db_settings: Settings) -> Settings:
         allowed_origins=["https://app.example.com", "http://localhost:3000"],
         trusted_hosts=["localhost", "127.0.0.1", "*.example.com"],
         trusted_proxies=["10.0.0.0/8"],
+        # Sign-in limits off unless a test turns them on (tests/web/test_auth_limits.py):
+        # many tests register and sign in over and over from one address.
+        login_failures_per_email=0,
+        login_attempts_per_ip=0,
+        registrations_per_ip=0,
     )
 
 

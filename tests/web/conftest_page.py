@@ -215,6 +215,10 @@ def live_server(
                 "UPSTREAM_FIRST_BYTE_TIMEOUT": "5",
                 "UPSTREAM_CHUNK_GAP_TIMEOUT": "5",
                 "LOG_LEVEL": "INFO",
+                # The page tests register their users from 127.0.0.1.
+                "LOGIN_FAILURES_PER_EMAIL": "0",
+                "LOGIN_ATTEMPTS_PER_IP": "0",
+                "REGISTRATIONS_PER_IP": "0",
             }
             server = start_proc(
                 "server",

@@ -117,9 +117,10 @@ def _b64(data: dict[str, object]) -> str:
 
 async def test_jwt_forgeries_are_refused(client: Client, web_settings: Settings) -> None:
     token = (await register(client, "forge@example.com")).removeprefix("Bearer ")
-    user_id = jwt.decode(token, options={"verify_signature": False})["sub"]
+    real = jwt.decode(token, options={"verify_signature": False})
+    user_id = real["sub"]
     now = int(time.time())
-    claims = {"sub": user_id, "iat": now, "exp": now + 600}
+    claims = {**real, "iat": now, "exp": now + 600}  # a forgery differs only in what it forges
     header, _payload, signature = token.split(".")
     forgeries = {
         "alg_none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.",
@@ -129,13 +130,20 @@ async def test_jwt_forgeries_are_refused(client: Client, web_settings: Settings)
         "garbage": "not.a.jwt",
         "no_sub": jwt.encode({"iat": now, "exp": now + 60}, web_settings.jwt_secret, algorithm="HS256"),
         "no_exp": jwt.encode({"sub": user_id, "iat": now}, web_settings.jwt_secret, algorithm="HS256"),
+        # The older format: no jti (logout could not revoke it), no password stamp.
+        "no_jti_no_pwd": jwt.encode({"sub": user_id, "iat": now, "exp": now + 600},
+                                    web_settings.jwt_secret, algorithm="HS256"),
+        "no_jti": jwt.encode({k: v for k, v in claims.items() if k != "jti"},
+                             web_settings.jwt_secret, algorithm="HS256"),
+        "no_pwd": jwt.encode({k: v for k, v in claims.items() if k != "pwd"},
+                             web_settings.jwt_secret, algorithm="HS256"),
     }
     for name, forged in forgeries.items():
         r = await client.get("/api/user/me", headers={"Authorization": f"Bearer {forged}"})
         assert r.status_code == 401, name
         assert await error_code(r) == "invalid_token", name
     expired = jwt.encode(
-        {"sub": user_id, "iat": now - 7200, "exp": now - 3600}, web_settings.jwt_secret, algorithm="HS256"
+        {**real, "iat": now - 7200, "exp": now - 3600}, web_settings.jwt_secret, algorithm="HS256"
     )
     r = await client.get("/api/user/me", headers=bearer(f"Bearer {expired}"))
     assert r.status_code == 401 and await error_code(r) == "token_expired"
@@ -196,7 +204,7 @@ def test_one_user_status_rule_for_every_way_in(status: str | None, context: Cont
 
 
 async def test_token_for_unknown_user(client: Client, web_settings: Settings) -> None:
-    r = await client.get("/api/user/me", headers=bearer("Bearer " + issue_token(web_settings, 424242)))
+    r = await client.get("/api/user/me", headers=bearer("Bearer " + issue_token(web_settings, 424242, None)))
     assert r.status_code == 401 and await error_code(r) == "user_not_found"
 
 

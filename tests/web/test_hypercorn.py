@@ -83,6 +83,8 @@ FUZZ_EXAMPLES = 200
 # Deleting the account would turn every later case into a plain 401 (test_auth and
 # test_user_apikeys cover these two).
 DELETES_THE_ACCOUNT = {("DELETE", "/api/user/me"), ("DELETE", "/api/auth/register")}
+# Logging out revokes the token it is sent with: these cases get a token of their own.
+REVOKES_THE_TOKEN = {("POST", "/api/auth/logout")}
 
 
 def _fuzz_operation(operation: Any, base_url: str, token: str) -> tuple[list[str], int]:
@@ -106,7 +108,8 @@ def _fuzz_operation(operation: Any, base_url: str, token: str) -> tuple[list[str
     return failures, ran
 
 
-def _fuzz(base_url: str, spec: dict[str, object], token: str) -> tuple[list[str], dict[str, int]]:
+def _fuzz(base_url: str, spec: dict[str, object], token: str,
+          spare_token: str) -> tuple[list[str], dict[str, int]]:
     """Every 5xx is a failure, on every operation; and how many cases each operation ran."""
     import schemathesis
 
@@ -116,7 +119,8 @@ def _fuzz(base_url: str, spec: dict[str, object], token: str) -> tuple[list[str]
         operation = result.ok()
         if (operation.method.upper(), operation.path) in DELETES_THE_ACCOUNT:
             continue
-        found, ran = _fuzz_operation(operation, base_url, token)
+        revokes = (operation.method.upper(), operation.path) in REVOKES_THE_TOKEN
+        found, ran = _fuzz_operation(operation, base_url, spare_token if revokes else token)
         failures += found
         cases[f"{operation.method.upper()} {operation.path}"] = ran
     return failures, cases
@@ -128,11 +132,13 @@ async def test_fuzz_finds_no_server_error(chat_base_url: str) -> None:
         spec = (await http.get("/openapi.json")).json()
         r = await http.post("/api/auth/register/email", json={"email": "fuzz@example.com", "password": PASSWORD})
         token = r.json()["Authorization"]
+        r = await http.post("/api/auth/login/email", json={"email": "fuzz@example.com", "password": PASSWORD})
+        spare_token = r.json()["Authorization"]
         # a key and a room that exist, so that some cases get past the lookups
         await http.post("/api/user/apikeys", json={"user_memo": "fuzz"}, headers={"Authorization": token})
         await http.put("/api/user/chatrooms/0", json={"name": "fuzz"}, headers={"Authorization": token})
     started = time.monotonic()
-    failures, cases = await trio.to_thread.run_sync(_fuzz, chat_base_url, spec, token)
+    failures, cases = await trio.to_thread.run_sync(_fuzz, chat_base_url, spec, token, spare_token)
     print(f"fuzz: {sum(cases.values())} cases over {len(cases)} operations in "
           f"{time.monotonic() - started:.0f} s")
     assert failures == []
