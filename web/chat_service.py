@@ -29,7 +29,7 @@ async def open_chat_service(services: Services) -> AsyncIterator[None]:
     interval = max(settings.key_cache_seconds, MIN_RECHECK_SECONDS)
     slots = Slots(services.storage.redis, "ws-sockets", limit=settings.ws_connections_per_key,
                   ttl=max(SOCKET_SLOT_TTL, 4 * interval))
-    watch = SocketWatch(services.storage.sql, services.key_cache, slots, interval)
+    watch = SocketWatch(services, slots, interval)
     async with (open_chat(services.settings, services.storage) as chat,
                 trio.open_nursery() as nursery):
         await nursery.start(watch.run)

@@ -30,7 +30,10 @@ from core.errors import ApiError, StorageError
 from storage.accounts import UnitRunner, get_keys_for_auth, get_users
 from storage.limits import Slots
 from web.auth_keys import check_key_record
+from web.jwt_tokens import TokenClaims, decode_token, stamp_matches
 from web.key_cache import KeyAuthCache
+from web.services import Services
+from web.token_revocation import revoked_among
 from web.user_status import check_user_status
 
 log = logging.getLogger("chat.ws")
@@ -55,6 +58,7 @@ class WatchedSocket:
     user_id: int
     end: Callable[[str, str, int], None]  # (code, message, close code): a last error, a close
     owner: str  # whose socket count it is in: "key:<id>" or "user:<id>" (ticket sockets)
+    token: str | None = None  # a ticket socket's JWT: the socket lasts as long as it is good
     slot_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
@@ -63,10 +67,10 @@ class SocketWatch:
     processes; each process renews its own sockets' slots at every sweep, so the slots of a
     process that died expire after a few sweeps."""
 
-    def __init__(self, sql: UnitRunner, cache: KeyAuthCache, slots: Slots,
-                 interval: float) -> None:
-        self._sql = sql
-        self._cache = cache
+    def __init__(self, services: Services, slots: Slots, interval: float) -> None:
+        self._services = services
+        self._sql: UnitRunner = services.storage.sql
+        self._cache: KeyAuthCache = services.key_cache
         self.slots = slots
         self.interval = interval
         self._by_user: dict[int, set[WatchedSocket]] = {}
@@ -146,19 +150,35 @@ class SocketWatch:
                 return
 
     async def _check_users(self, sockets: list[WatchedSocket]) -> None:
-        """Ticket sockets have no key: their user's status decides."""
+        """Ticket sockets have no key: the JWT their ticket was asked with decides (expiry,
+        logout, password change), and their user's status."""
         if not sockets:
             return
-        try:
-            users = await get_users(self._sql, sorted({s.user_id for s in sockets}))
-        except StorageError as exc:
-            log.warning("could not recheck %d ticket socket(s): %s", len(sockets), exc)
-            return
+        settings = self._services.settings
+        claims: dict[int, TokenClaims] = {}
         for socket in sockets:
             try:
-                check_user_status(users.get(socket.user_id), "key")
+                claims[id(socket)] = decode_token(settings, socket.token or "")
+            except ApiError as exc:
+                socket.end("token_revoked", f"The sign-in of this socket ended: {exc.msg}",
+                           CLOSE_POLICY)
+        live = [s for s in sockets if id(s) in claims]
+        try:
+            revoked = await revoked_among(self._services, [claims[id(s)].jti for s in live])
+            users = await get_users(self._sql, sorted({s.user_id for s in live}))
+        except StorageError as exc:
+            log.warning("could not recheck %d ticket socket(s): %s", len(live), exc)
+            return
+        for socket in live:
+            token = claims[id(socket)]
+            try:
+                user = check_user_status(users.get(socket.user_id), "key")
             except ApiError as exc:
                 socket.end(*revocation(exc), CLOSE_POLICY)
+                continue
+            if token.jti in revoked or not stamp_matches(settings, token, user.password_hash):
+                socket.end("token_revoked", "This socket's sign-in was revoked (logged out or "
+                           "the password changed).", CLOSE_POLICY)
 
     async def _check(self, sockets: list[WatchedSocket]) -> None:
         keys = sorted({s.access_key for s in sockets if s.access_key is not None})

@@ -18,6 +18,7 @@ password stamp lives in MariaDB).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from web.jwt_tokens import TokenClaims
 from web.services import Services
@@ -37,3 +38,11 @@ async def revoke(services: Services, claims: TokenClaims) -> None:
 
 async def is_revoked(services: Services, claims: TokenClaims) -> bool:
     return bool(await services.storage.redis.execute("EXISTS", _key(services, claims.jti)))
+
+
+async def revoked_among(services: Services, jtis: Sequence[str]) -> set[str]:
+    """Which of many tokens are revoked, in one command (the open ticket sockets' recheck)."""
+    if not jtis:
+        return set()
+    found = await services.storage.redis.execute("MGET", *(_key(services, j) for j in jtis))
+    return {jti for jti, mark in zip(jtis, found, strict=True) if mark is not None}

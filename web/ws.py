@@ -126,10 +126,11 @@ async def _serve(*, access_key: str | None = None, ticket: str | None = None) ->
     try:
         room = parse_room_id(websocket.args.get("chat_room_id", "0"))
         with trio.fail_after(JOIN_TIMEOUT):
+            token = None
             if access_key is not None:
                 authed = await authenticate_access_key(services, access_key, state.client_ip)
             else:
-                user = await spend_ticket(services, ticket or "")
+                user, token = await spend_ticket(services, ticket or "")
                 authed = AuthedKey(user_id=user.id, email=user.email, key_id=None)
     except trio.TooSlowError:
         log.error("key check took more than %s s", JOIN_TIMEOUT)
@@ -143,7 +144,8 @@ async def _serve(*, access_key: str | None = None, ticket: str | None = None) ->
     state.user_id, state.api_key_id = authed.user_id, authed.key_id
     socket = ChatSocket(chat, authed, room)
     owner = f"key:{authed.key_id}" if authed.key_id is not None else f"user:{authed.user_id}"
-    watched = WatchedSocket(access_key, state.client_ip, authed.user_id, socket.end, owner)
+    watched = WatchedSocket(access_key, state.client_ip, authed.user_id, socket.end, owner,
+                            token=token)
     watch = services.socket_watch
     if watch is not None and not await watch.admit(watched):
         limit = services.settings.ws_connections_per_key
@@ -161,8 +163,10 @@ async def _serve(*, access_key: str | None = None, ticket: str | None = None) ->
 
 @bp.after_app_request
 async def recheck_open_sockets(response: Response) -> Response:
-    """A change to a user's keys, allow-lists or account: their open sockets are checked now."""
-    if request.method not in ("GET", "HEAD", "OPTIONS") and request.path.startswith("/api/user"):
+    """A change to a user's keys, allow-lists, account or sign-in (logout, unregister): their
+    open sockets are checked now."""
+    changes = request.path.startswith(("/api/user", "/api/auth/logout", "/api/auth/register"))
+    if request.method not in ("GET", "HEAD", "OPTIONS") and changes:
         services: Services | None = current_app.extensions.get(SERVICES_EXTENSION)
         user_id = state_of(request.scope).user_id
         if services is not None and services.socket_watch is not None and user_id is not None:

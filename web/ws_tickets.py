@@ -2,10 +2,12 @@
 
 ``POST /api/user/ws-ticket`` (JWT) returns a random ticket valid ``WS_TICKET_SECONDS`` (30 s);
 ``/ws/chatgpt?ticket=…&chat_room_id=…`` spends it (``GETDEL``: once, whichever process gets it
-first). Only a hash of the ticket is kept in Redis. A ticket socket belongs to the user, not to
-an API key: the user's status is checked when it is spent and, while the socket is open, by
-``web.socket_watch`` as for key sockets. URLs end up in proxy logs and browser history; a
-spent or expired ticket there is worth nothing.
+first). Redis keeps, under a hash of the ticket, the JWT it was asked with: spending it runs the
+whole JWT check again (expiry, logout, password change, the user's status), and the open
+socket stays tied to that token (``web.socket_watch`` rechecks it), so logging out or changing
+the password also ends the sockets opened with it. A ticket socket belongs to the user, not to
+an API key. URLs end up in proxy logs and browser history; a spent or expired ticket there is
+worth nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from quart_schema import security_scheme_blueprint, tag_blueprint, validate_resp
 
 from core.errors import ApiError
 from storage import accounts
-from web.routes_user import current_user, document_errors
+from web.access_control import authenticate_token, token_from_request
+from web.routes_user import document_errors
 from web.services import Services, get_services
-from web.user_status import check_user_status
 
 bp = Blueprint("ws_tickets", __name__, url_prefix="/api/user")
 tag_blueprint(bp, ["chat socket"])
@@ -47,20 +49,24 @@ def _key(services: Services, ticket: str) -> str:
 async def new_ticket() -> tuple[TicketOut, int]:
     """A single-use ticket for one chat socket of the signed-in user."""
     services = get_services(current_app)
+    token = token_from_request()
+    assert token is not None  # access control let the request in with one
     ticket = secrets.token_urlsafe(24)
     seconds = max(1, math.ceil(services.settings.ws_ticket_seconds))
-    await services.storage.redis.execute(
-        "SET", _key(services, ticket), str(current_user().id), "EX", seconds)
+    await services.storage.redis.execute("SET", _key(services, ticket), token, "EX", seconds)
     return TicketOut(ticket=ticket, expires_in=seconds), 201
 
 
-async def spend_ticket(services: Services, ticket: str) -> accounts.UserRecord:
-    """The ticket's user, if the ticket is fresh and unused and the user active; the ticket is
-    gone after this call either way. ``ApiError(403)`` otherwise."""
-    user_id = None
+async def spend_ticket(services: Services, ticket: str) -> tuple[accounts.UserRecord, str]:
+    """The ticket's user and the JWT it was asked with, if the ticket is fresh and unused and
+    the token still good; the ticket is gone after this call either way. ``ApiError(403)``
+    otherwise."""
+    token = None
     if 0 < len(ticket) <= 64:
-        user_id = await services.storage.redis.execute("GETDEL", _key(services, ticket))
-    if user_id is None:
+        token = await services.storage.redis.execute("GETDEL", _key(services, ticket))
+    if token is None:
         raise ApiError(403, "ticket_invalid", "Unknown, used or expired socket ticket.")
-    user = await accounts.get_user(services.storage.sql, int(user_id))
-    return check_user_status(user, "key")
+    try:
+        return await authenticate_token(services, token), token
+    except ApiError as exc:
+        raise ApiError(403, exc.code, exc.msg) from None

@@ -113,3 +113,35 @@ async def test_a_key_holds_at_most_its_limit_of_open_sockets(server: ChatServer,
         other = await server.new_user()  # another key is not affected
         await opens(f"{server.ws_url}/ws/chatgpt/{other.access_key}")
     await opens(url)  # the closed sockets gave their slots back
+
+
+async def test_logging_out_ends_the_ticket_and_the_socket_it_opened(
+    db_settings: Settings, redis_actor: object
+) -> None:
+    async with running_server(db_settings) as server:  # tickets live 30 s here
+        user = await server.new_user()
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            r = await http.post("/api/user/ws-ticket", headers={"Authorization": user.jwt})
+            unspent, used = r.json()["ticket"], None
+            r = await http.post("/api/user/ws-ticket", headers={"Authorization": user.jwt})
+            used = r.json()["ticket"]
+        async with open_websocket_url(f"{server.ws_url}/ws/chatgpt?ticket={used}") as ws:
+            client = ChatClient(ws)
+            await client.init()
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                r = await http.post("/api/auth/logout", headers={"Authorization": user.jwt})
+                assert r.status_code == 200, r.text
+            frames = []
+            with trio.fail_after(5):
+                try:
+                    while True:
+                        frames.append(await client.frame())
+                except ConnectionClosed as closed:
+                    code = closed.reason.code
+        assert frames[-1]["error"]["code"] == "token_revoked" and code == 1008
+        # A ticket asked for before the logout (still fresh) is worth nothing after it.
+        assert await refusal(f"{server.ws_url}/ws/chatgpt?ticket={unspent}") == 403
+        # Key sockets are not a sign-in: the logout leaves them alone.
+        async with chat_socket(server, user.access_key) as key_socket:
+            await key_socket.send("/ping")
+            assert (await key_socket.reply())["msg"] == "pong"
