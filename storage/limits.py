@@ -134,14 +134,20 @@ class SlidingWindow:
     def _key(self, subject: str) -> str:
         return f"{self._redis.prefix}limit:{self._name}:{subject}"
 
-    async def hit(self, subject: str) -> Decision:
-        """Count one event for ``subject`` if the window has room for it."""
+    async def hit(self, subject: str, event_id: str | None = None) -> Decision:
+        """Count one event for ``subject`` if the window has room for it; under ``event_id``
+        (random unless given) it can be given back with ``forget``."""
         if self.limit <= 0:
             return ALLOWED
         allowed, wait_ms = await self._redis.eval(
             _WINDOW, [self._key(subject)],
-            [self.limit, int(self.window * 1000), secrets.token_hex(8)])
+            [self.limit, int(self.window * 1000), event_id or secrets.token_hex(8)])
         return ALLOWED if int(allowed) else Decision(False, int(wait_ms) / 1000)
+
+    async def forget(self, subject: str, event_id: str) -> None:
+        """Give back an event counted by ``hit(subject, event_id)``."""
+        if self.limit > 0:
+            await self._redis.execute("ZREM", self._key(subject), event_id)
 
     async def clear(self, subject: str) -> None:
         await self._redis.execute("DEL", self._key(subject))

@@ -50,8 +50,7 @@ from quart import Quart, Response
 
 from core.errors import ApiError
 from core.settings import Settings
-from storage import limits
-from storage.limits import ALLOWED, Decision, RedisLike, SlidingWindow
+from storage.limits import Decision, RedisLike, SlidingWindow
 from web.errors import error_response
 
 LOGIN_WINDOW = 300.0  # seconds
@@ -82,27 +81,7 @@ class Reservation:
     """A failure counted in advance; ``refund`` it when the password turns out right."""
 
     subject: str
-    member: str | None  # None: the limit is off, nothing was counted
-
-
-class FailureWindow(SlidingWindow):
-    """A ``SlidingWindow`` whose events can be given back: each is recorded under a member the
-    caller keeps (the window's own script and key layout)."""
-
-    async def reserve(self, subject: str) -> tuple[Decision, Reservation]:
-        if self.limit <= 0:
-            return ALLOWED, Reservation(subject, None)
-        member = secrets.token_hex(8)
-        allowed, wait_ms = await self._redis.eval(
-            limits._WINDOW, [self._key(subject)],
-            [self.limit, int(self.window * 1000), member])
-        if int(allowed):
-            return ALLOWED, Reservation(subject, member)
-        return Decision(False, int(wait_ms) / 1000), Reservation(subject, None)
-
-    async def refund(self, reservation: Reservation) -> None:
-        if reservation.member is not None:
-            await self._redis.execute("ZREM", self._key(reservation.subject), reservation.member)
+    event_id: str | None  # None: nothing was counted (the limit is off, or it refused)
 
 
 def _refuse(decision: Decision, msg: str) -> None:
@@ -117,7 +96,7 @@ def account_subject(user_id: int | None, email: str) -> str:
 @dataclass(frozen=True)
 class AuthLimits:
     login_ip: SlidingWindow
-    failures: FailureWindow
+    failures: SlidingWindow
     registration_ip: SlidingWindow
 
     @classmethod
@@ -126,7 +105,7 @@ class AuthLimits:
         return cls(
             login_ip=SlidingWindow(redis, "login-ip", limit=settings.login_attempts_per_ip,
                                    window=LOGIN_WINDOW),
-            failures=FailureWindow(redis, "login-failures",
+            failures=SlidingWindow(redis, "login-failures",
                                    limit=settings.login_failures_per_email, window=LOGIN_WINDOW),
             registration_ip=SlidingWindow(redis, "register-ip",
                                           limit=settings.registrations_per_ip,
@@ -137,12 +116,14 @@ class AuthLimits:
         _refuse(await self.login_ip.hit(client_ip), "Too many login attempts from this address")
 
     async def reserve_failure(self, subject: str) -> Reservation:
-        decision, reservation = await self.failures.reserve(subject)
-        _refuse(decision, "Too many failed sign-ins for this account")
-        return reservation
+        event_id = secrets.token_hex(8)
+        _refuse(await self.failures.hit(subject, event_id),
+                "Too many failed sign-ins for this account")
+        return Reservation(subject, event_id if self.failures.limit > 0 else None)
 
     async def refund(self, reservation: Reservation) -> None:
-        await self.failures.refund(reservation)
+        if reservation.event_id is not None:
+            await self.failures.forget(reservation.subject, reservation.event_id)
 
     async def count_registration(self, client_ip: str) -> None:
         _refuse(await self.registration_ip.hit(client_ip),
