@@ -206,6 +206,24 @@ async def update_user(
     return await sql.run(unit)
 
 
+async def set_password_hash(
+    sql: UnitRunner, user_id: int, old_hash: str | None, new_hash: str
+) -> bool:
+    """Replace the hash of an active user if it is still ``old_hash`` (compare and set: of two
+    changes at once, one wins and the other changes nothing)."""
+
+    async def unit(session: AsyncSession) -> bool:
+        result = await session.execute(
+            update(User)
+            .where(User.id == user_id, User.status == UserStatus.ACTIVE,
+                   User.password_hash == old_hash)
+            .values(password_hash=new_hash, updated_at=utcnow())
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    return await sql.run(unit)
+
+
 async def set_user_status(sql: UnitRunner, user_id: int, status: str) -> bool:
     async def unit(session: AsyncSession) -> bool:
         row = await session.get(User, user_id)

@@ -14,12 +14,9 @@ from quart_schema import (
     validate_request,
     validate_response,
 )
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import ApiError
 from storage import accounts
-from storage.models import User, UserStatus, utcnow
 from web.auth_limits import AuthLimits, account_subject
 from web.errors import ErrorBody
 from web.jwt_tokens import token_response
@@ -88,24 +85,6 @@ async def put_me(data: UserUpdate) -> UserOut:
     return user_out(updated or current_user())
 
 
-async def set_password_hash(
-    sql: accounts.UnitRunner, user_id: int, old_hash: str | None, new_hash: str
-) -> bool:
-    """Replace the hash of an active user if it is still ``old_hash`` (compare and set: of two
-    changes at once, one wins and the other changes nothing)."""
-
-    async def unit(session: AsyncSession) -> bool:
-        result = await session.execute(
-            update(User)
-            .where(User.id == user_id, User.status == UserStatus.ACTIVE,
-                   User.password_hash == old_hash)
-            .values(password_hash=new_hash, updated_at=utcnow())
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    return await sql.run(unit)
-
-
 @bp.put("/me/password")
 @validate_request(PasswordChange)
 @document_response(TokenOut, 200)
@@ -125,7 +104,7 @@ async def put_password(data: PasswordChange) -> Response:
         raise ApiError(403, "wrong_password", "The current password is wrong.")
     await limits.refund(reservation)
     new_hash = await services.passwords.hash(data.new_password)
-    if not await set_password_hash(services.storage.sql, user.id, user.password_hash, new_hash):
+    if not await accounts.set_password_hash(services.storage.sql, user.id, user.password_hash, new_hash):
         raise ApiError(409, "password_conflict",
                        "The password was changed (or the account closed) meanwhile.")
     return token_response(services.settings, user.id, new_hash, 200)
