@@ -31,7 +31,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from scripts.loadtest_stats import MessageResult, Recorder
+from scripts.loadtest_stats import LIMITS_HINT, MessageResult, Recorder
 from scripts.loadtest_verify import MessagePlan, compare
 
 PASSWORD = "load-test password 7f3a"
@@ -71,6 +71,9 @@ async def provision_users(base_url: str, count: int, *, concurrency: int = 4,
             email = f"{prefix}-{run}-{i}@example.com"
             r = await http.post("/api/auth/register/email",
                                 json={"email": email, "password": PASSWORD})
+            if r.status_code == 429:
+                raise RuntimeError(f"register {email}: refused by the server's registration limit "
+                                   f"({r.text[:120]}); {LIMITS_HINT}")
             if r.status_code != 201:
                 raise RuntimeError(f"register {email}: HTTP {r.status_code} {r.text[:200]}")
             jwt = r.json()["Authorization"]

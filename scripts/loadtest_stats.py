@@ -13,6 +13,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: A load generator is one address whose users each carry many sessions: the server's abuse
+#: limits would refuse it (they are per user and per address), so a load test runs with them off.
+LIMITS_HINT = ("run the server under test with REGISTRATIONS_PER_IP=0 CHAT_MESSAGES_PER_MINUTE=0 "
+               "CHAT_ANSWERS_AT_ONCE=0 WS_CONNECTIONS_PER_KEY=0 (--users-file reuses users "
+               "instead of registering them)")
+LIMIT_CODES = {"rate_limited", "too_many_answers", "budget_exceeded", "too_many_sockets"}
+
 PERCENTILES = (50.0, 95.0, 99.0)
 
 
@@ -268,6 +275,8 @@ def format_table(s: Summary) -> str:
     errors = ", ".join(f"{k}: {v}" for k, v in s.errors.items()) or "none"
     mismatches = ", ".join(f"{k}: {v}" for k, v in s.mismatches.items()) or "none"
     lines.append(f"errors: {errors}   unexpected closes: {s.unexpected_closes}")
+    if LIMIT_CODES & set(s.errors):
+        lines.append("the server's per-user limits refused messages: " + LIMITS_HINT)
     lines.append(f"answers differing from the upstream's: "
                  f"{mismatches if s.verified else 'not checked (--no-verify)'}")
     if s.unanswered:
