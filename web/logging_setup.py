@@ -43,9 +43,14 @@ def configure_logging(settings: Settings) -> None:
 
     # Alembic narrates every plugin and step at INFO: only its warnings, unless debugging.
     level: int = logging.getLevelNamesMapping()[settings.log_level]
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, level))
+    quiet = level if level <= logging.DEBUG else max(logging.WARNING, level)
+    logging.getLogger("alembic").setLevel(quiet)
     # asyncmy logs MariaDB's notes ("database exists" after CREATE ... IF NOT EXISTS) as warnings.
     logging.getLogger("asyncmy").setLevel(max(logging.ERROR, level))
+    # httpx and httpcore write one INFO line per upstream request (3,000 for 3,000 answers):
+    # the request log and the session's own errors say what matters; DEBUG still shows them.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(quiet)
 
     access = logging.getLogger(ACCESS_LOGGER)
     access.setLevel(logging.INFO)
