@@ -9,6 +9,10 @@
   to its prompt plus the answer's real tokens when it ends (an answer that produced no text
   gives it all back), so concurrent answers can never overspend the budget.
 
+The OpenAI-compatible API (``web.openai_api``) draws on the same pool, through the running
+chat's ``ChatLimits``: a request is one message, holds an answer slot while it generates and
+reserves then settles its tokens (``hold_answer``).
+
 A Redis that cannot be reached decides nothing: the chat goes on (as it does in an outage,
 ``docs/reliability.md``) and the refusal is logged, not sent.
 """
@@ -16,9 +20,13 @@ A Redis that cannot be reached decides nothing: the chat goes on (as it does in 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import trio
 
 from core.errors import BudgetExceeded, RateLimited, StorageError, TooManyAnswers
 from core.settings import Settings
@@ -28,11 +36,23 @@ log = logging.getLogger("chat.limits")
 
 MESSAGE_WINDOW = 60.0  # seconds
 ANSWER_SLOT_TTL = 900.0  # seconds: an answer slot outlives any answer, not a dead process
+RELEASE_GRACE = 5.0  # seconds: giving a slot and tokens back, even from a cancelled request
 
 
 def costs_an_answer(text: str) -> bool:
     """What the message limit counts: chat messages and ``/retry`` (other commands are free)."""
     return not text.startswith("/") or text.split(maxsplit=1)[0].lower() == "/retry"
+
+
+@dataclass
+class AnswerHold:
+    """An answer held outside a session (``ChatLimits.hold_answer``): set ``spent`` to the
+    tokens it really took before the block ends."""
+
+    slot_id: str
+    reserved: int
+    spent: int = 0
+    day: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -103,3 +123,30 @@ class ChatLimits:
             await self.answers.release(str(user_id), answer_id)
         except StorageError as exc:  # it expires on its own
             log.warning("answer slot of user %s not released: %s", user_id, exc)
+
+    @asynccontextmanager
+    async def hold_answer(self, user_id: int, reserve: int) -> AsyncIterator[AnswerHold]:
+        """The limits of one answer given outside a chat session (the OpenAI-compatible API),
+        in the chat's own pool: a slot among the user's answers at once (``TooManyAnswers``),
+        then ``reserve`` of today's tokens when there is a budget (``BudgetExceeded``, the slot
+        given back), both held for the block. On exit, even a cancelled one, the slot is given
+        back and the reservation settled to ``hold.spent``. Counting the message itself is
+        ``count_message``'s job, as at the chat socket."""
+        hold = AnswerHold(slot_id=f"api-{secrets.token_hex(8)}", reserved=reserve)
+        await self.start_answer(user_id, hold.slot_id)
+        try:
+            if self.tokens.limit > 0:
+                hold.day = await self.reserve_tokens(user_id, reserve)
+        except BaseException:  # refused, or cancelled meanwhile: the slot goes back
+            await self._release(user_id, hold, settle=False)
+            raise
+        try:
+            yield hold
+        finally:
+            await self._release(user_id, hold, settle=True)
+
+    async def _release(self, user_id: int, hold: AnswerHold, *, settle: bool) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_GRACE):
+            await self.end_answer(user_id, hold.slot_id)
+            if settle:
+                await self.settle_tokens(user_id, hold.day, hold.spent - hold.reserved)

@@ -29,6 +29,8 @@ closed at once and the upstream sees the connection close.
   (The mock upstream implements exactly this protocol; real models treat the trailing assistant
   message as a prefix to continue, best effort.)
 - ``finish_reason: "content_filter"`` → ``UpstreamContentFilter``.
+- Usage: a chunk's ``usage`` (sent when the request asks with ``stream_options``) comes back
+  as ``FinishInfo.usage``; the chat does not ask for it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from chat_actors.upstream_sse import aiter_sse_batches
 from chat_actors.upstream_types import (
     ChatRequest,
     FinishInfo,
+    Usage,
     backoff_delay,
     parse_chunk,
     retry_after_seconds,
@@ -56,7 +59,7 @@ from chat_actors.upstream_types import (
 from core.errors import UpstreamContentFilter, UpstreamError, UpstreamRateLimited, UpstreamTimeout
 from core.settings import Settings
 
-__all__ = ["ChatRequest", "FinishInfo", "SendDelta", "UpstreamClient", "open_upstream"]
+__all__ = ["ChatRequest", "FinishInfo", "SendDelta", "UpstreamClient", "Usage", "open_upstream"]
 
 SendDelta = Callable[[str], Awaitable[None]]
 _SSE_HEADERS = {"Accept": "text/event-stream", "Accept-Encoding": "identity",
@@ -112,22 +115,30 @@ class UpstreamClient:
         """Pooled clients waiting with (usually) a keep-alive connection."""
         return self._pool.idle
 
-    async def stream(self, request: ChatRequest, send_delta: SendDelta) -> FinishInfo:
-        """Stream one answer into ``send_delta``; return how it finished."""
+    async def stream(
+        self, request: ChatRequest, send_delta: SendDelta, *, max_continuations: int | None = None
+    ) -> FinishInfo:
+        """Stream one answer into ``send_delta``; return how it finished. ``max_continuations``
+        replaces ``upstream_max_continuations`` for this answer (0: a ``"length"`` finish is
+        returned as it is, e.g. when the caller's own ``max_tokens`` cut it)."""
+        if max_continuations is None:
+            max_continuations = self._max_continuations
         self._in_flight += 1
         try:
             parts: list[str] = []
+            usage: list[Usage] = []
             retries = continuations = 0
             while True:
                 finish, used = await self._request(request.payload("".join(parts)), parts,
-                                                   send_delta)
+                                                   send_delta, usage)
                 retries += used
-                if finish == "length" and continuations < self._max_continuations:
+                if finish == "length" and continuations < max_continuations:
                     continuations += 1
                     continue
                 if finish == "content_filter":
                     raise UpstreamContentFilter("the upstream's content filter stopped the answer")
-                return FinishInfo("".join(parts), finish, continuations, retries)
+                return FinishInfo("".join(parts), finish, continuations, retries,
+                                  Usage.combined(usage))
         finally:
             self._in_flight -= 1
 
@@ -140,15 +151,20 @@ class UpstreamClient:
         return await self.stream(request, ignore)
 
     async def _request(
-        self, payload: dict[str, object], parts: list[str], send_delta: SendDelta
+        self, payload: dict[str, object], parts: list[str], send_delta: SendDelta,
+        usage: list[Usage],
     ) -> tuple[str, int]:
-        """One request with its retries: (finish_reason, retries used)."""
+        """One request with its retries: (finish_reason, retries used); its usage, if the
+        upstream reported it, is appended to ``usage`` (the last one it sent: some upstreams
+        send a running total with every chunk)."""
         attempt = 0
         while True:
             delivered = len(parts)
+            seen: list[Usage] = []
             try:
                 async with self._pool.checkout() as client:
-                    finish = await self._attempt(client, payload, parts, send_delta)
+                    finish = await self._attempt(client, payload, parts, send_delta, seen)
+                usage.extend(seen[-1:])
                 return finish, attempt
             except _Failed as failed:
                 if not failed.retryable or len(parts) > delivered or attempt >= self._retries:
@@ -166,6 +182,7 @@ class UpstreamClient:
         payload: dict[str, object],
         parts: list[str],
         send_delta: SendDelta,
+        usage: list[Usage],
     ) -> str:
         """One HTTP request; returns its finish_reason or raises ``_Failed``."""
         start = len(parts)
@@ -180,7 +197,7 @@ class UpstreamClient:
                         if response.status_code != 200:
                             raise await self._status_failure(response)
                         done, finish = await self._read_events(
-                            response, scope, parts, held, send_delta)
+                            response, scope, parts, held, send_delta, usage)
                 except httpx.ConnectTimeout as exc:
                     raise _Failed(UpstreamTimeout(f"connect to the upstream timed out: {exc}"),
                                   True) from exc
@@ -216,6 +233,7 @@ class UpstreamClient:
         parts: list[str],
         held: list[str],
         send_delta: SendDelta,
+        usage: list[Usage],
     ) -> tuple[bool, str | None]:
         """Deliver the body's text, paced; returns ([DONE] seen, finish_reason)."""
         finish: str | None = None
@@ -234,7 +252,7 @@ class UpstreamClient:
                     if await _deliver(held, parts, send_delta):
                         pacer.delivered()
                     continue
-                text, finish, done, error = _read_batch(batch, finish)
+                text, finish, done, error = _read_batch(batch, finish, usage)
                 if text:
                     held.append(text)
                 ending = done or error is not None or finish is not None
@@ -332,10 +350,11 @@ async def _deliver(held: list[str], parts: list[str], send_delta: SendDelta) -> 
 
 
 def _read_batch(
-    batch: list[httpx_sse.ServerSentEvent], finish: str | None
+    batch: list[httpx_sse.ServerSentEvent], finish: str | None, usage: list[Usage] | None = None
 ) -> tuple[str, str | None, bool, UpstreamError | None]:
     """The events of one read as (their text, finish_reason so far, [DONE] seen, the error a
-    malformed event raised): the text before a bad event is still delivered."""
+    malformed event raised): the text before a bad event is still delivered. A chunk's usage
+    is appended to ``usage``."""
     text: list[str] = []
     for event in batch:
         if event.data == "[DONE]":
@@ -346,6 +365,8 @@ def _read_batch(
             return "".join(text), finish, False, exc
         text.append(chunk.delta)
         finish = chunk.finish_reason or finish
+        if chunk.usage is not None and usage is not None:
+            usage.append(chunk.usage)
     return "".join(text), finish, False, None
 
 

@@ -25,6 +25,9 @@ class ChatRequest:
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # instead of max_tokens, for reasoning models
     user: str | None = None
+    #: More body fields sent as given (the OpenAI-compatible API's ``stop``, ``seed``,
+    #: ``stream_options``...); the fields above win over them.
+    extra: Mapping[str, object] | None = None
 
     def __post_init__(self) -> None:
         if self.user is not None and "@" in self.user:
@@ -36,7 +39,8 @@ class ChatRequest:
         messages = [dict(m) for m in self.messages]
         if partial:
             messages.append({"role": "assistant", "content": partial})
-        body: dict[str, object] = {"model": self.model, "messages": messages, "stream": True}
+        body: dict[str, object] = dict(self.extra or {})
+        body.update(model=self.model, messages=messages, stream=True)
         for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
                      "max_tokens", "max_completion_tokens", "user"):
             value = getattr(self, name)
@@ -46,20 +50,54 @@ class ChatRequest:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Tokens the upstream says an answer took (``usage`` of a chunk, when it sends one: ask
+    with ``stream_options: {"include_usage": true}``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def combined(cls, parts: Sequence[Usage]) -> Usage | None:
+        """One answer's usage over its requests (continuations): the first request's prompt,
+        every request's completion tokens; None when no request reported any."""
+        if not parts:
+            return None
+        return cls(parts[0].prompt_tokens, sum(p.completion_tokens for p in parts))
+
+
+@dataclass(frozen=True)
 class FinishInfo:
     """How an answer ended. ``finish_reason`` is ``"stop"``, or ``"length"`` when the upstream
-    still cut the answer after ``upstream_max_continuations`` continuations."""
+    still cut the answer after ``upstream_max_continuations`` continuations. ``usage``: what
+    the upstream reported, if it did."""
 
     text: str
     finish_reason: str
     continuations: int
     retries: int
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)
 class Chunk:
     delta: str
     finish_reason: str | None
+    usage: Usage | None = None
+
+
+def _usage(value: object) -> Usage | None:
+    """A chunk's ``usage`` object, if it is one (anything else is ignored, not an error)."""
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if not (isinstance(prompt, int) and isinstance(completion, int)) or min(prompt, completion) < 0:
+        return None
+    return Usage(prompt, completion)
 
 
 def parse_chunk(data: str) -> Chunk:
@@ -73,8 +111,9 @@ def parse_chunk(data: str) -> Chunk:
     if "error" in body:
         raise UpstreamError(f"upstream error in stream: {str(body['error'])[:200]}")
     choices = body.get("choices")
+    usage = _usage(body.get("usage"))
     if not choices:  # e.g. a usage-only chunk
-        return Chunk("", None)
+        return Chunk("", None, usage)
     try:
         choice = choices[0]
         delta = choice.get("delta") or {}
@@ -84,7 +123,7 @@ def parse_chunk(data: str) -> Chunk:
         raise UpstreamError(f"upstream sent a malformed chunk: {data[:80]!r}") from exc
     if not isinstance(content, str) or not (finish is None or isinstance(finish, str)):
         raise UpstreamError(f"upstream sent a malformed chunk: {data[:80]!r}")
-    return Chunk(content, finish)
+    return Chunk(content, finish, usage)
 
 
 def retry_after_seconds(header: str | None, cap: float) -> float | None:

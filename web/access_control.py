@@ -1,9 +1,12 @@
 """Access control, run before every HTTP route (after trusted host and CORS).
 
-Paths fall into three classes:
+Paths fall into four classes:
 - public: ``/``, ``/health*``, ``/docs``, ``/openapi.json``, ``/api/auth/*``, ``/chatgpt*`` (the
   page), static files and docs assets, ``/ws/*`` (the socket handler authenticates itself);
 - services ``/api/services`` and ``/api/services/*`` (exactly that prefix): HMAC API key;
+- the OpenAI-compatible API ``/v1`` and ``/v1/*``: ``Authorization: Bearer <access_key>.
+  <secret_key>`` (``web.openai_auth``), never a JWT or a cookie; refusals are OpenAI-shaped
+  (the ``/v1`` blueprint's error handlers answer them);
 - everything else: a JWT from ``Authorization: Bearer <jwt>`` or the ``Authorization`` cookie,
   checked by ``authenticate_token`` on every request: signature and expiry, not logged out
   (``web.token_revocation``, 401 ``token_revoked``), the user's status (``web.user_status``:
@@ -23,6 +26,7 @@ from core.errors import ApiError
 from storage import accounts
 from web.auth_keys import authenticate_signed_query
 from web.jwt_tokens import decode_token, stamp_matches, strip_bearer
+from web.openai_auth import authenticate_openai_key
 from web.services import Services, get_services
 from web.state import state_of
 from web.token_revocation import is_revoked
@@ -35,6 +39,7 @@ PUBLIC_PREFIXES = ("/health", "/api/auth", "/chatgpt", "/docs-assets", "/ws")
 class PathClass(Enum):
     PUBLIC = "public"
     SERVICE = "service"
+    OPENAI = "openai"
     USER = "user"
 
 
@@ -47,6 +52,8 @@ def classify(path: str) -> PathClass:
         return PathClass.PUBLIC
     if _under(path, "/api/services"):
         return PathClass.SERVICE
+    if _under(path, "/v1"):
+        return PathClass.OPENAI
     return PathClass.USER
 
 
@@ -92,6 +99,11 @@ async def access_control() -> None:
             services, request.scope.get("query_string", b""), request.headers.get("secret"),
             state.client_ip,
         )
+        state.user_id, state.email, state.api_key_id = authed.user_id, authed.email, authed.key_id
+        return
+    if kind is PathClass.OPENAI:
+        authed = await authenticate_openai_key(
+            services, request.headers.get("Authorization"), state.client_ip)
         state.user_id, state.email, state.api_key_id = authed.user_id, authed.email, authed.key_id
         return
     token = token_from_request()

@@ -1,8 +1,9 @@
 """The app factory: ``create_app(settings) -> QuartTrio``.
 
 Layers, outermost first: security headers (``web.security_headers``, on every response) →
-access log (request state, one JSON line per request) → trusted host → CORS → Quart (access
-control as ``before_request``, then the route). Lifespan: before serving,
+access log (request state, one JSON line per request) → trusted host → CORS → a nursery per
+request under ``/v1`` (``web.request_nursery``: a streamed completion's upstream task) → Quart
+(access control as ``before_request``, then the route). Lifespan: before serving,
 ``run_services`` starts in ``app.nursery`` (storage, then each extra service starter) and hands
 back the ``Services``; after serving, it is asked to stop and given ``shutdown_grace`` seconds
 before QuartTrio's nursery deadline cancels it.
@@ -24,6 +25,7 @@ from core.networks import parse_networks
 from core.settings import Settings
 from web import (
     auth_limits,
+    openai_api,
     routes_apikeys,
     routes_auth,
     routes_health,
@@ -41,6 +43,7 @@ from web.docs import install_docs
 from web.errors import JsonErrorRequest, install_error_handlers
 from web.hosts import TrustedHostMiddleware
 from web.passwords import Passwords
+from web.request_nursery import RequestNurseryMiddleware
 from web.security_headers import SecurityHeadersMiddleware
 from web.services import SERVICES_EXTENSION, ServicesHandle, ServiceStarter, run_services
 
@@ -83,7 +86,7 @@ def create_app(
 
     install_error_handlers(app)
     auth_limits.install(app)
-    install_docs(app)
+    openai_api.install_docs(install_docs(app))
     app.before_request(access_control)
     app.after_request(forget_key_checks)
     for bp in (
@@ -95,6 +98,7 @@ def create_app(
         routes_rooms.bp,
         ws.bp,
         routes_page.page_bp,
+        openai_api.bp,
     ):
         app.register_blueprint(bp)
 
@@ -123,7 +127,10 @@ def create_app(
     app.asgi_app = SecurityHeadersMiddleware(  # type: ignore[method-assign,assignment]
         AccessLogMiddleware(
             TrustedHostMiddleware(
-                CorsMiddleware(app.asgi_app, settings.allowed_origins),  # type: ignore[arg-type]
+                CorsMiddleware(
+                    RequestNurseryMiddleware(app.asgi_app,  # type: ignore[arg-type]
+                                             (openai_api.PREFIX,)),
+                    settings.allowed_origins),
                 settings.trusted_hosts,
             ),
             parse_networks(settings.trusted_proxies),

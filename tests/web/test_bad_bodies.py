@@ -10,6 +10,10 @@ route is covered the day it is added. What a route that reads JSON answers (``we
 - no body and no content type → 422 ``validation_error`` (the schema wants an object)
 
 Every other route ignores a body, whatever it is, and still never answers 5xx.
+
+The OpenAI-compatible API (``/v1``, ``web.openai_errors``) answers the same statuses in OpenAI's
+error shape ``{"error": {"message", "type", "param", "code"}}``, except that a missing body is
+400 there (OpenAI's status for any invalid request), and is reached with an API key.
 """
 
 from __future__ import annotations
@@ -92,11 +96,18 @@ async def chat_client(web_settings: Settings, redis_actor: object) -> AsyncItera
         yield Client(running.test_client())
 
 
+def is_openai(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
 async def signed_in(client: Client, route: Route) -> tuple[str, dict[str, str]]:
     """The route's sample path and the headers that get it past access control (a fresh user
     each time: a route may delete its account)."""
     token = await register(client, f"body-{uuid.uuid4().hex[:12]}@example.com")
     path = route.sample_path
+    if is_openai(path):
+        key = await new_key(client, token)
+        return path, {"Authorization": f"Bearer {key['access_key']}.{key['secret_key']}"}
     if path == "/api/services" or path.startswith("/api/services/"):
         key = await new_key(client, token)
         query, headers = sign_query(str(key["access_key"]), str(key["secret_key"]))
@@ -111,9 +122,39 @@ async def send(client: Client, route: Route, bad: BadBody):  # type: ignore[no-u
     return await client.request(route.method, path, headers=headers, data=bad.data)
 
 
-async def problem(response: object, want: BadBody | None) -> str | None:
+def openai_want(bad: BadBody) -> BadBody:
+    """What ``/v1`` answers ``bad`` with."""
+    if bad.status == 422:
+        return BadBody(bad.name, bad.data, bad.content_type, 400, "invalid_value")
+    return bad
+
+
+async def openai_problem(response: object, want: BadBody | None) -> str | None:
+    """``problem`` for ``/v1``: OpenAI's error body."""
+    status: int = response.status_code  # type: ignore[attr-defined]
+    want = openai_want(want) if want is not None else None
+    if status >= 500 or (want is not None and status != want.status):
+        text = await response.get_data(as_text=True)  # type: ignore[attr-defined]
+        return f"HTTP {status}: {text[:200]}"
+    if status < 400:
+        return None
+    if response.content_type != JSON:  # type: ignore[attr-defined]
+        return f"HTTP {status} as {response.content_type}"  # type: ignore[attr-defined]
+    body = await response.get_json()  # type: ignore[attr-defined]
+    error = body.get("error") if isinstance(body, dict) else None
+    if set(body) != {"error"} or not isinstance(error, dict) or set(error) != {
+            "message", "type", "param", "code"}:
+        return f"HTTP {status}, not OpenAI's error body: {body!r:.200}"
+    if want is not None and error["code"] != want.code:
+        return f"HTTP {status}, body {body!r:.200}"
+    return None
+
+
+async def problem(response: object, want: BadBody | None, path: str = "") -> str | None:
     """What is wrong with the answer (None: nothing). ``want`` None: any status below 500,
     and the JSON error body if it is an error."""
+    if is_openai(path):
+        return await openai_problem(response, want)
     status: int = response.status_code  # type: ignore[attr-defined]
     if status >= 500 or (want is not None and status != want.status):
         text = await response.get_data(as_text=True)  # type: ignore[attr-defined]
@@ -160,7 +201,7 @@ async def test_json_routes_refuse_bad_bodies_with_a_clear_4xx(
     for route in routes:
         for bad in BAD_BODIES:
             response = await send(chat_client, route, bad)
-            if (found := await problem(response, bad)) is not None:
+            if (found := await problem(response, bad, route.rule)) is not None:
                 failures.append(f"{route.method} {route.rule} [{bad.name}] {found}")
     assert failures == []
 
@@ -173,6 +214,6 @@ async def test_other_routes_ignore_bodies_and_never_answer_5xx(
     for route in routes:
         for bad in BAD_BODIES:
             response = await send(chat_client, route, bad)
-            if (found := await problem(response, None)) is not None:
+            if (found := await problem(response, None, route.rule)) is not None:
                 failures.append(f"{route.method} {route.rule} [{bad.name}] {found}")
     assert failures == []
