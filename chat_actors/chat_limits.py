@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 import trio
 
+from core import metrics
 from core.errors import BudgetExceeded, RateLimited, StorageError, TooManyAnswers
 from core.settings import Settings
 from storage.limits import DailyBudget, RedisLike, SlidingWindow, Slots
@@ -81,6 +82,7 @@ class ChatLimits:
             log.warning("token budget not checked for user %s: %s", user_id, exc)
             return ""
         if not reserved:
+            metrics.limit_refused("budget_exceeded")
             left = max(0, self.tokens.limit - used)
             raise BudgetExceeded(
                 f"Today's tokens are spent: {left} of {self.tokens.limit} left, this answer "
@@ -103,6 +105,7 @@ class ChatLimits:
             log.warning("message limit not checked for user %s: %s", user_id, exc)
             return
         if not decision.allowed:
+            metrics.limit_refused("rate_limited")
             wait = decision.retry_after_seconds
             raise RateLimited(
                 f"At most {self.messages.limit} messages a minute; try again in {wait} s.", wait)
@@ -115,6 +118,7 @@ class ChatLimits:
             log.warning("answer limit not checked for user %s: %s", user_id, exc)
             return
         if not taken:
+            metrics.limit_refused("too_many_answers")
             raise TooManyAnswers(
                 f"At most {self.answers.limit} answers at once; wait for one to finish.")
 

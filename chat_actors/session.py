@@ -19,13 +19,14 @@ from datetime import UTC, datetime
 
 import trio
 
-from chat_actors import frames
+from chat_actors import chat_metrics, frames
 from chat_actors.actor import Actor, Request
 from chat_actors.budget import Budget, build_prompt, check_message, trim_history
 from chat_actors.outbox import Outbox
 from chat_actors.session_deps import SessionDeps
 from chat_actors.tokens import count_tokens_async
 from chat_actors.upstream import ChatRequest
+from core import metrics
 from core.errors import (
     BudgetError,
     ChatServerError,
@@ -136,6 +137,8 @@ class Generation:
     reserved: int = 0
     budget_day: str = ""
     prompt_tokens: int = 0
+    #: When it was asked for (``trio.current_time()``): its first delta and end are timed from it.
+    started: float = field(default_factory=trio.current_time)
 
     @property
     def text(self) -> str:
@@ -381,6 +384,7 @@ class SessionActor(Actor[SessionMsg]):
         return gen
 
     def start_generation(self, gen: Generation) -> None:
+        metrics.answer_started()
         self.generation = gen
         self.nursery.start_soon(self._generate, gen)
 
@@ -397,6 +401,8 @@ class SessionActor(Actor[SessionMsg]):
             # A delta read from the network before /stop was acted on must not follow the
             # terminator: only the current, unstopped generation may push.
             if delta and self.generation is gen and not gen.cancel_scope.cancel_called:
+                if not gen.parts:  # the one check per delta: nothing is counted per delta
+                    metrics.first_delta(trio.current_time() - gen.started)
                 gen.parts.append(delta)
                 self._push(self._outboxes(), frames.delta_frame(self.key.room, delta))
 
@@ -484,6 +490,9 @@ class SessionActor(Actor[SessionMsg]):
                 last_frame = frames.error_frame(
                     self.key.room, "answer_not_saved", HUMAN_ERRORS["answer_not_saved"],
                     str(exc))
+        metrics.answer_finished(chat_metrics.answer_reason(last_frame, complete=complete,
+                                                           store=store),
+                                trio.current_time() - gen.started)
         self._push(self._outboxes(), last_frame)
 
     async def _store_answer(self, gen: Generation, tokens: int, *, partial: bool) -> None:

@@ -46,6 +46,7 @@ import httpx
 import httpx_sse
 import trio
 
+from chat_actors import chat_metrics
 from chat_actors.upstream_pool import ClientPool
 from chat_actors.upstream_sse import aiter_sse_batches
 from chat_actors.upstream_types import (
@@ -167,6 +168,7 @@ class UpstreamClient:
                 usage.extend(seen[-1:])
                 return finish, attempt
             except _Failed as failed:
+                chat_metrics.upstream_failed(failed.error, failed.__cause__)
                 if not failed.retryable or len(parts) > delivered or attempt >= self._retries:
                     raise failed.error from failed.__cause__
                 delay = failed.retry_after

@@ -161,6 +161,16 @@ class Settings(BaseSettings):
     # Translation (off unless TRANSLATOR_URL is set)
     translator_url: str | None = None
 
+    # Metrics (GET /metrics, Prometheus text; off unless METRICS_TOKEN is set)
+    metrics_token: str | None = Field(
+        None, repr=False, min_length=16,
+        description="bearer token of GET /metrics (the operator's scraper); unset: /metrics "
+                    "answers 404")
+    metrics_multiproc_dir: str | None = Field(
+        None, description="directory of this host shared by the server's worker processes "
+                          "(hypercorn --workers N): each writes its metrics there and a scrape "
+                          "sums them; unset: one process (or PROMETHEUS_MULTIPROC_DIR)")
+
     @field_validator("trusted_hosts", "allowed_origins", "trusted_proxies", "secrets_old_keys",
                      mode="before")
     @classmethod
@@ -170,7 +180,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("database_url", "openai_api_key", "translator_url", "secrets_key",
-                     mode="before")
+                     "metrics_token", "metrics_multiproc_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

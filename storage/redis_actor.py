@@ -26,6 +26,7 @@ fails its check and the session rewrites instead), HSET/DEL/EXPIRE, and the HMAC
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ import trio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from core import metrics
 from core.errors import StorageUnavailable
 from storage.bridge import AsyncioBridge, maybe_bridge
 from storage.errors import map_redis_error
@@ -86,9 +88,11 @@ class RedisActor:
         """``prefix`` + the parts joined with ``:``."""
         return self.prefix + ":".join(str(p) for p in parts)
 
-    async def _cross(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _cross(self, make: Callable[[], Awaitable[T]], op: str) -> T:
+        """One bridge crossing; its time is ``chat_storage_seconds{store="redis", op}``."""
         if self._closed:
             raise StorageUnavailable("redis actor is closed")
+        start = time.perf_counter()
         try:
             return await self._bridge.run(make)
         except Exception as exc:
@@ -96,6 +100,8 @@ class RedisActor:
             if mapped is None or mapped is exc:
                 raise
             raise mapped from exc
+        finally:
+            metrics.storage_call("redis", op, time.perf_counter() - start)
 
     async def execute(self, *args: Any) -> Any:
         """One command, batched with whatever other callers queued meanwhile.
@@ -136,7 +142,7 @@ class RedisActor:
                     pipe.execute_command(*cmd)
                 return await pipe.execute()
 
-        return await self._cross(run)
+        return await self._cross(run, "transaction")
 
     async def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run a Lua script by EVALSHA (loaded on first use or after SCRIPT FLUSH)."""
@@ -144,7 +150,7 @@ class RedisActor:
         if handle is None:
             handle = self._scripts[script] = self._client.register_script(script)
         key_list, arg_list = list(keys), list(args)
-        return await self._cross(lambda: handle(keys=key_list, args=arg_list))
+        return await self._cross(lambda: handle(keys=key_list, args=arg_list), "eval")
 
     async def blocking(self, *args: Any) -> Any:
         """A blocking command (BLPOP, ...) on its own connection, never batched.
@@ -160,10 +166,10 @@ class RedisActor:
             command = self._blocking_client.execute_command(*args)  # type: ignore[no-untyped-call]
             return await asyncio.wait_for(command, bound)
 
-        return await self._cross(run)
+        return await self._cross(run, "blocking")
 
     async def ping(self) -> None:
-        await self._cross(lambda: self._client.ping())
+        await self._cross(lambda: self._client.ping(), "ping")
 
     async def _run_batch(self, batch: list[_Op]) -> None:
         cmds = [op.args for op in batch]
@@ -180,7 +186,7 @@ class RedisActor:
                 return await pipe.execute(raise_on_error=False)
 
         try:
-            results = await self._cross(run)
+            results = await self._cross(run, "batch")
         except Exception as exc:  # noqa: BLE001 - the batch failed: every caller gets it
             for op in batch:
                 op.result = outcome.Error(exc)

@@ -19,6 +19,7 @@ before ``Cancelled`` propagates. Errors are mapped in ``storage.errors.map_sql_e
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from core import metrics
 from storage.bridge import AsyncioBridge, maybe_bridge
 from storage.errors import map_sql_error
 
@@ -55,7 +57,9 @@ class SqlActor:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._slots = trio.Semaphore(pool_size)
 
-    async def _cross(self, unit: Callable[[], Awaitable[T]]) -> T:
+    async def _cross(self, unit: Callable[[], Awaitable[T]], op: str) -> T:
+        """One unit in one crossing, after a pool slot: the whole wait is
+        ``chat_storage_seconds{store="sql", op}``."""
         async def guarded() -> T:
             try:
                 return await unit()
@@ -65,8 +69,12 @@ class SqlActor:
                     raise
                 raise mapped from exc
 
-        async with self._slots:
-            return await self._bridge.run(guarded)
+        start = time.perf_counter()
+        try:
+            async with self._slots:
+                return await self._bridge.run(guarded)
+        finally:
+            metrics.storage_call("sql", op, time.perf_counter() - start)
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit(session)`` in one transaction; return its (plain) result."""
@@ -75,14 +83,21 @@ class SqlActor:
             async with self._sessions() as session, session.begin():
                 return await unit(session)
 
-        return await self._cross(work)
+        return await self._cross(work, unit_name(unit))
 
     async def ping(self) -> None:
         async def work() -> None:
             async with self._engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
 
-        await self._cross(work)
+        await self._cross(work, "ping")
+
+
+def unit_name(unit: object) -> str:
+    """A unit's op label: the function that made it (``get_user`` for the ``unit`` closure
+    of ``storage.accounts.get_user``), or the unit's own name."""
+    qualname = getattr(unit, "__qualname__", "") or "other"
+    return qualname.split(".<locals>", 1)[0]
 
 
 def statement_timeout_sql(server_version: str, seconds: float) -> str:

@@ -25,6 +25,7 @@ from core.networks import parse_networks
 from core.settings import Settings
 from web import (
     auth_limits,
+    metrics_endpoint,
     openai_api,
     routes_apikeys,
     routes_auth,
@@ -87,6 +88,7 @@ def create_app(
     install_error_handlers(app)
     auth_limits.install(app)
     openai_api.install_docs(install_docs(app))
+    metrics_endpoint.install(app, settings)  # before access control: its own bearer token
     app.before_request(access_control)
     app.after_request(forget_key_checks)
     for bp in (

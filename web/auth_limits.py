@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 from quart import Quart, Response
 
+from core import metrics
 from core.errors import ApiError
 from core.settings import Settings
 from storage.limits import Decision, RedisLike, SlidingWindow
@@ -86,6 +87,7 @@ class Reservation:
 
 def _refuse(decision: Decision, msg: str) -> None:
     if not decision.allowed:
+        metrics.limit_refused("too_many_attempts")
         raise TooManyAttempts(msg, decision.retry_after_seconds)
 
 

@@ -25,6 +25,7 @@ from chat_actors.outbox import Outbox, OutboxClosed
 from chat_actors.registry import SessionRef, SessionRegistry
 from chat_actors.room_ids import parse_room_id
 from chat_actors.service import Chat
+from core import metrics
 from core.errors import AccountClosed, ActorDead, ApiError, RateLimited, StorageError
 from web.auth_keys import AuthedKey, authenticate_access_key
 from web.services import SERVICES_EXTENSION, Services, get_services
@@ -148,6 +149,7 @@ async def _serve(*, access_key: str | None = None, ticket: str | None = None) ->
                             token=token)
     watch = services.socket_watch
     if watch is not None and not await watch.admit(watched):
+        metrics.limit_refused("too_many_sockets")
         limit = services.settings.ws_connections_per_key
         response = _reject(429, "too_many_sockets", f"At most {limit} open chat sockets per key.")
         response.headers["Retry-After"] = "5"
