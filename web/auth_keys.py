@@ -80,7 +80,7 @@ def _one(params: dict[str, list[str]], name: str) -> str:
     return values[0]
 
 
-def _secret_of(services: Services, record: accounts.KeyAuthRecord) -> str:
+def plain_secret(services: Services, record: accounts.KeyAuthRecord) -> str:
     """The key's plaintext secret; ``ApiError(503)`` (logged) when it does not decrypt."""
     try:
         return accounts.reveal_secret(SecretBox.from_settings(services.settings), record.key)
@@ -117,7 +117,7 @@ async def authenticate_signed_query(
     record = None
     if len(access_key) <= 64:
         record = await accounts.get_key_for_auth(services.storage.sql, access_key)
-    expected = sign_query_string(_secret_of(services, record) if record else "", raw_query)
+    expected = sign_query_string(plain_secret(services, record) if record else "", raw_query)
     # The header exactly as received (Quart decodes header bytes as latin-1): no stripping.
     sent = signature.encode("latin-1", errors="replace")
     if not hmac.compare_digest(expected.encode(), sent) or record is None:

@@ -23,7 +23,7 @@ import hmac
 
 from core.errors import ApiError
 from storage import accounts
-from web.auth_keys import AuthedKey, _secret_of, check_key_record
+from web.auth_keys import AuthedKey, check_key_record, plain_secret
 from web.openai_errors import OpenAIError
 from web.services import Services
 
@@ -64,7 +64,7 @@ async def authenticate_openai_key(
     if record is not None and record.key.status == "deleted":
         record = None
     try:
-        expected = _secret_of(services, record) if record is not None else _DUMMY_SECRET
+        expected = plain_secret(services, record) if record is not None else _DUMMY_SECRET
     except ApiError as exc:  # the secret does not decrypt (logged there)
         raise OpenAIError(exc.status, exc.msg, type="server_error", code=exc.code) from None
     same = hmac.compare_digest(expected.encode(), secret.encode("utf-8", "replace"))
