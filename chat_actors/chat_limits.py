@@ -9,6 +9,9 @@
   to its prompt plus the answer's real tokens when it ends (an answer that produced no text
   gives it all back), so concurrent answers can never overspend the budget.
 
+Usage (``storage.usage``): every answer that ended, at the socket or the API, is counted once
+with ``record_usage`` (requests, prompt and answer tokens per key, model and UTC day).
+
 The OpenAI-compatible API (``web.openai_api``) draws on the same pool, through the running
 chat's ``ChatLimits``: a request is one message, holds an answer slot while it generates and
 reserves then settles its tokens (``hold_answer``).
@@ -32,6 +35,7 @@ from core import metrics
 from core.errors import BudgetExceeded, RateLimited, StorageError, TooManyAnswers
 from core.settings import Settings
 from storage.limits import DailyBudget, RedisLike, SlidingWindow, Slots
+from storage.usage import UsageCounter
 
 log = logging.getLogger("chat.limits")
 
@@ -61,6 +65,7 @@ class ChatLimits:
     messages: SlidingWindow
     answers: Slots
     tokens: DailyBudget
+    usage: UsageCounter
 
     @classmethod
     def from_settings(cls, redis: RedisLike, settings: Settings) -> ChatLimits:
@@ -70,7 +75,20 @@ class ChatLimits:
             answers=Slots(redis, "chat-answers", limit=settings.chat_answers_at_once,
                           ttl=ANSWER_SLOT_TTL),
             tokens=DailyBudget(redis, "tokens", limit=settings.daily_token_budget),
+            usage=UsageCounter(redis),
         )
+
+    async def record_usage(self, user_id: int, key_id: int | None, model: str, *,
+                           prompt_tokens: int, answer_tokens: int) -> None:
+        """Count one answer that ended (key None: the chat page, counted under key id 0).
+        A Redis that cannot be reached loses this one count, logged."""
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_GRACE):
+            try:
+                await self.usage.record(user_id, key_id, model, prompt_tokens=prompt_tokens,
+                                        answer_tokens=answer_tokens)
+            except StorageError as exc:
+                log.warning("usage of user %s not counted (%d + %d tokens): %s", user_id,
+                            prompt_tokens, answer_tokens, exc)
 
     async def reserve_tokens(self, user_id: int, amount: int) -> str:
         """Reserve ``amount`` of today's tokens; the day it counts on (to settle on), or

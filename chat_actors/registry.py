@@ -138,8 +138,9 @@ class SessionRegistry:
                 pass
 
     @staticmethod
-    async def send(ref: SessionRef, outbox: Outbox, text: str) -> None:
-        await ref.cast(UserInput(outbox.id, text))
+    async def send(ref: SessionRef, outbox: Outbox, text: str,
+                   key_id: int | None = None) -> None:
+        await ref.cast(UserInput(outbox.id, text, key_id))
 
     async def close_user(self, user_id: int) -> None:
         """The account is gone: no session of it starts again; its sessions stop."""

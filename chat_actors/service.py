@@ -29,6 +29,7 @@ from core.settings import Settings
 from storage import Storage
 from storage.context_store import ContextStore
 from storage.rooms import delete_room, touch_rooms
+from storage.usage import UsageWriter
 
 
 class RoomHooks:
@@ -107,6 +108,7 @@ class Chat:
     rooms: RoomHooks
     translator: Translator
     limits: ChatLimits
+    usage: UsageWriter
 
     async def delete_room(self, user_id: int, room: str) -> None:
         """Stop the room's session, then remove its stored context and its row."""
@@ -144,23 +146,29 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
             deps = SessionDeps(settings=settings, store=store, upstream=upstream,
                                commands=CommandRunner(), rooms=rooms, limits=limits)
             registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
+            usage = UsageWriter(storage.redis, storage.sql, every=settings.usage_flush_seconds)
             async with trio.open_nursery() as nursery:
                 if lease is not None:
                     nursery.start_soon(lease.keep)
                 await nursery.start(rooms.run)
                 await nursery.start(registry.run)
+                await nursery.start(usage.run)
                 # Build the default model's tokenizer now (~1 s, in a thread), not on the first
                 # message a user sends.
                 nursery.start_soon(_warm_tokenizer, settings.default_model)
                 try:
                     yield Chat(settings=settings, registry=registry, store=store,
                                upstream=upstream, rooms=rooms, translator=translator,
-                               limits=limits)
+                               limits=limits, usage=usage)
                 finally:
                     await registry.stop()
                     with trio.move_on_after(2) as scope:
                         scope.shield = True
                         await rooms.flush()
+                        try:  # what the stopped sessions counted; else the next start does
+                            await usage.flush(wait=1)
+                        except StorageError as exc:
+                            log.warning("usage not written at shutdown: %s", exc)
                     nursery.cancel_scope.cancel()
     finally:
         if lease is not None:  # after the sessions stopped (or a refused start: if ours)

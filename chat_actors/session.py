@@ -70,6 +70,8 @@ class UserInput:
 
     outbox_id: int
     text: str
+    #: The API key its socket authenticated with; None for a ticket socket (the chat page).
+    key_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,9 @@ class Generation:
     reserved: int = 0
     budget_day: str = ""
     prompt_tokens: int = 0
+    #: Usage: the key of the input that asked for it (None: the chat page) and its model.
+    key_id: int | None = None
+    model: str = ""
     #: When it was asked for (``trio.current_time()``): its first delta and end are timed from it.
     started: float = field(default_factory=trio.current_time)
 
@@ -209,6 +214,7 @@ class SessionActor(Actor[SessionMsg]):
         self.next_id = 0
         self.pending = slot.pending
         self._stopping = False
+        self._input_key_id: int | None = None  # the key of the input being processed
         self._flush_scheduled = False
         self._flush_attempts = 0
 
@@ -326,6 +332,7 @@ class SessionActor(Actor[SessionMsg]):
         await self._process(msg)
 
     async def _process(self, msg: UserInput) -> None:
+        self._input_key_id = msg.key_id
         try:
             if msg.text.startswith("/"):
                 await self.deps.commands.run(self, msg.outbox_id, msg.text)
@@ -369,12 +376,13 @@ class SessionActor(Actor[SessionMsg]):
         """An answer to start, once it has a slot among the user's answers at once."""
         self.slot.generations_started += 1
         gen = Generation(id=self.slot.generations_started, answering=answering,
-                         replaces=list(replaces))
+                         replaces=list(replaces), key_id=self._input_key_id,
+                         model=self.profile.model)
         limits = self.deps.limits
         await limits.start_answer(self.key.user_id, gen.slot_id)
+        prompt = build_prompt(self._context_for(answering), answering, self.budget)
+        gen.prompt_tokens = prompt.tokens  # for the budget and the usage counts
         if limits.tokens.limit > 0:
-            prompt = build_prompt(self._context_for(answering), answering, self.budget)
-            gen.prompt_tokens = prompt.tokens
             gen.reserved = prompt.tokens + self.budget.answer_reserve
             try:
                 gen.budget_day = await limits.reserve_tokens(self.key.user_id, gen.reserved)
@@ -481,6 +489,10 @@ class SessionActor(Actor[SessionMsg]):
         if gen.budget_day:  # what it spent: its prompt and its text (nothing if no text came)
             spent = gen.prompt_tokens + tokens if gen.parts else 0
             await limits.settle_tokens(self.key.user_id, gen.budget_day, spent - gen.reserved)
+        # Usage: one request, with its tokens as the budget counts them (none if no text came).
+        await limits.record_usage(self.key.user_id, gen.key_id, gen.model,
+                                  prompt_tokens=gen.prompt_tokens if gen.parts else 0,
+                                  answer_tokens=tokens)
         if store and gen.parts:
             try:
                 await self._store_answer(gen, tokens, partial=not complete)

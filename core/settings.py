@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     daily_token_budget: int = Field(
         0, ge=0, description="prompt + answer tokens per user per UTC day over the chat (and "
                              "the API); 0: no budget")
+    usage_flush_seconds: float = Field(
+        5.0, gt=0, description="how often usage counts (requests, tokens) move from Redis to "
+                               "MariaDB")
     ws_ticket_seconds: float = Field(
         30.0, gt=0, description="how long a single-use socket ticket (POST /api/user/ws-ticket) "
                                 "stays valid")

@@ -11,12 +11,13 @@ The schema is created by the Alembic migrations in ``storage/migrations``, never
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     Enum,
     ForeignKey,
     MetaData,
@@ -137,3 +138,29 @@ class ChatRoom(Base):
     name: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class UsageDaily(Base):
+    """Requests and tokens per user, API key (0: the chat page), model and UTC day, added to
+    by ``storage.usage``'s writer. No foreign keys: a batch must never be refused."""
+
+    __tablename__ = "usage_daily"
+    __table_args__ = TABLE_ARGS
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    answer_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class UsageBatch(Base):
+    """The ids of the usage batches written: each is written at most once (``storage.usage``)."""
+
+    __tablename__ = "usage_batches"
+    __table_args__ = TABLE_ARGS
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    written_at: Mapped[datetime] = mapped_column(Timestamp, index=True)

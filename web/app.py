@@ -33,6 +33,7 @@ from web import (
     routes_page,
     routes_rooms,
     routes_services,
+    routes_usage,
     routes_user,
     ws,
 )
@@ -98,6 +99,7 @@ def create_app(
         routes_apikeys.bp,
         routes_services.bp,
         routes_rooms.bp,
+        routes_usage.bp,
         ws.bp,
         routes_page.page_bp,
         openai_api.bp,

@@ -150,7 +150,7 @@ async def chat_completions() -> Response:
     ``{"error": {"message", "type", "param", "code"}}``."""
     body = await _body()
     chat = _chat(answering=True)
-    call = await prepare(chat, _user_id(), body)
+    call = await prepare(chat, _user_id(), body, state_of(request.scope).api_key_id)
     if not body.stream:
         result = await complete(chat, call)
         return _json(openai_objects.completion(

@@ -14,6 +14,8 @@ daily tokens and settles to what it spent (nothing when no text came). The upstr
 chat's client (``chat_actors.upstream``: timeouts, retries before the first byte), asked for
 its usage (``stream_options.include_usage``) and with no continuations: a ``"length"`` finish
 is the client's to see. Usage is the upstream's when it reports one, else counted here.
+Every call that reached the upstream is counted once in the usage accounting
+(``ChatLimits.record_usage``: the call's API key, its model), with the tokens it settled to.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 import trio
 
+from chat_actors.chat_limits import AnswerHold
 from chat_actors.service import Chat
 from chat_actors.tokens import (
     REPLY_PRIMING_TOKENS,
@@ -51,6 +54,7 @@ class CompletionCall:
     prompt_tokens: int
     answer_limit: int  # tokens the answer may take (sent upstream)
     include_usage: bool
+    key_id: int | None = None  # the API key it came with (usage accounting)
 
     @property
     def reserve(self) -> int:
@@ -112,7 +116,8 @@ def _answer_limit(body: ChatCompletionRequest) -> tuple[int | None, str]:
     return body.max_tokens, "max_tokens"
 
 
-async def prepare(chat: Chat, user_id: int, body: ChatCompletionRequest) -> CompletionCall:
+async def prepare(chat: Chat, user_id: int, body: ChatCompletionRequest,
+                  key_id: int | None = None) -> CompletionCall:
     """The call ``body`` asks for, or the ``OpenAIError`` (400 / 404) that refuses it."""
     if body.stream_options is not None and not body.stream:
         raise OpenAIError(400, "The 'stream_options' parameter is only allowed when 'stream' "
@@ -156,12 +161,24 @@ async def prepare(chat: Chat, user_id: int, body: ChatCompletionRequest) -> Comp
         extra=extra,
     )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return CompletionCall(user_id, body.model, request, prompt, answer_limit, include_usage)
+    return CompletionCall(user_id, body.model, request, prompt, answer_limit, include_usage,
+                          key_id)
 
 
-def _spent_so_far(call: CompletionCall, parts: list[str]) -> int:
+def _spent_so_far(call: CompletionCall, parts: list[str]) -> Usage:
     """What an answer cut short spent (as the chat settles one: nothing if no text came)."""
-    return call.prompt_tokens + count_tokens("".join(parts), call.model) if parts else 0
+    if not parts:
+        return Usage(0, 0)
+    return Usage(call.prompt_tokens, count_tokens("".join(parts), call.model))
+
+
+async def _settle(chat: Chat, call: CompletionCall, hold: AnswerHold, spent: Usage) -> None:
+    """Set what the call spent, and count it in the usage accounting, once, before its client
+    sees the end (shielded: a client that left is counted too)."""
+    hold.spent = spent.total_tokens
+    await chat.limits.record_usage(call.user_id, call.key_id, call.model,
+                                   prompt_tokens=spent.prompt_tokens,
+                                   answer_tokens=spent.completion_tokens)
 
 
 async def _usage(call: CompletionCall, text: str, reported: Usage | None) -> Usage:
@@ -187,11 +204,11 @@ async def complete(chat: Chat, call: CompletionCall) -> CompletionResult:
         except UpstreamContentFilter:
             finish, reported = "content_filter", None
         except BaseException:
-            hold.spent = _spent_so_far(call, parts)
+            await _settle(chat, call, hold, _spent_so_far(call, parts))
             raise
         text = "".join(parts)
         usage = await _usage(call, text, reported)
-        hold.spent = usage.total_tokens if text else 0
+        await _settle(chat, call, hold, usage if text else Usage(0, 0))
     return CompletionResult(text, finish, usage)
 
 
@@ -241,7 +258,7 @@ async def stream_completion(
             except UpstreamContentFilter:
                 finish, reported = "content_filter", None
             except Exception as exc:
-                hold.spent = _spent_so_far(call, parts)
+                await _settle(chat, call, hold, _spent_so_far(call, parts))
                 if not started:
                     raise
                 error = to_openai_error(exc)
@@ -250,10 +267,10 @@ async def stream_completion(
                 emit(StreamFailed(error))
                 return
             except BaseException:
-                hold.spent = _spent_so_far(call, parts)
+                await _settle(chat, call, hold, _spent_so_far(call, parts))
                 raise
             text = "".join(parts)
             usage = await _usage(call, text, reported)
-            hold.spent = usage.total_tokens if text else 0
+            await _settle(chat, call, hold, usage if text else Usage(0, 0))
             emit(StreamEnd(finish, usage))
             start()

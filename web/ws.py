@@ -187,6 +187,7 @@ class ChatSocket:
         self.chat = chat
         self.registry: SessionRegistry = chat.registry
         self.user_id = authed.user_id
+        self.key_id = authed.key_id  # None for a ticket socket: usage counts it as key 0
         self.room = room
         self.outbox = Outbox(max_frames=OUTBOX_MAX_FRAMES, stuck_after=OUTBOX_STUCK_SECONDS)
         self.session: SessionRef | None = None
@@ -278,13 +279,13 @@ class ChatSocket:
                 return
         assert self.session is not None
         try:
-            await self.registry.send(self.session, self.outbox, text)
+            await self.registry.send(self.session, self.outbox, text, self.key_id)
         except ActorDead:
             # The session stopped (idle, room deleted, gave up): start a fresh one, once.
             self.session = None
             await self._enter(self.room)
             assert self.session is not None
-            await self.registry.send(self.session, self.outbox, text)
+            await self.registry.send(self.session, self.outbox, text, self.key_id)
 
     async def _writer(self) -> None:
         try:

@@ -29,7 +29,7 @@ from storage.models import Base
 from tests.conftest import admin_sql, database_url
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"users", "api_keys", "api_whitelists", "chat_rooms"}
+TABLES = {"users", "api_keys", "api_whitelists", "chat_rooms", "usage_daily", "usage_batches"}
 HEAD = ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 

@@ -144,6 +144,14 @@ export const keys = {
   },
 };
 
+export const usage = {
+  /** GET /api/user/usage: rows of {day, key_id, model, requests, prompt_tokens, answer_tokens}. */
+  async list(days) {
+    const data = await request('GET', `/api/user/usage?days=${enc(days)}`);
+    return (data && Array.isArray(data.usage)) ? data : { usage: [], until: '' };
+  },
+};
+
 export const rooms = {
   async list() {
     const data = await request('GET', '/api/user/chatrooms');

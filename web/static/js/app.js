@@ -7,6 +7,7 @@ import { describeError } from './errors.js';
 import { KeysPanel } from './keys.js';
 import { RoomsPanel } from './rooms.js';
 import { ChatSocket, wireRoomId } from './socket.js';
+import { UsagePanel } from './usage.js';
 import { $, confirmButton, storageGet, storageSet } from './ui.js';
 
 const LOGGED_OUT = 'chat.loggedOut';
@@ -36,6 +37,7 @@ const socket = new ChatSocket({
 });
 const keysPanel = new KeysPanel({ onAuthLost: authLost });
 const roomsPanel = new RoomsPanel({ onSwitch: onRoomSwitched, onAuthLost: authLost });
+const usagePanel = new UsagePanel({ onAuthLost: authLost });
 
 // -- screens -------------------------------------------------------------------------------
 
@@ -44,6 +46,7 @@ function showAuth(message = '') {
   state.user = null;
   keysPanel.reset();
   roomsPanel.reset();
+  usagePanel.reset();
   view.clear();
   $('app-view').hidden = true;
   $('auth-view').hidden = false;
@@ -62,7 +65,7 @@ async function enterApp(me) {
   roomsPanel.render();
   connect(true); // the chat needs no API key: the socket opens with a ticket for this user
   $('composer-input').focus();
-  await Promise.all([keysPanel.refresh(), roomsPanel.refresh()]);
+  await Promise.all([keysPanel.refresh(), roomsPanel.refresh(), usagePanel.refresh()]);
 }
 
 async function afterLogin() {
@@ -164,6 +167,7 @@ function handleFrame(frame) {
     view.finishAnswer('done');
     announce('Answer complete.');
     roomsSoon();
+    usagePanel.soon();
   } else if (text) {
     onCommandReply(text);
   } else {
