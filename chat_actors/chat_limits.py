@@ -82,13 +82,16 @@ class ChatLimits:
                            prompt_tokens: int, answer_tokens: int) -> None:
         """Count one answer that ended (key None: the chat page, counted under key id 0).
         A Redis that cannot be reached loses this one count, logged."""
-        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_GRACE):
+        with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_GRACE) as waited:
             try:
                 await self.usage.record(user_id, key_id, model, prompt_tokens=prompt_tokens,
                                         answer_tokens=answer_tokens)
             except StorageError as exc:
                 log.warning("usage of user %s not counted (%d + %d tokens): %s", user_id,
                             prompt_tokens, answer_tokens, exc)
+        if waited.cancelled_caught:
+            log.warning("usage of user %s not counted (%d + %d tokens): Redis took over %s s",
+                        user_id, prompt_tokens, answer_tokens, RELEASE_GRACE)
 
     async def reserve_tokens(self, user_id: int, amount: int) -> str:
         """Reserve ``amount`` of today's tokens; the day it counts on (to settle on), or
