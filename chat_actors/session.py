@@ -356,8 +356,8 @@ class SessionActor(Actor[SessionMsg]):
         tokens = await count_tokens_async(msg.text, "user", self.profile.model)
         check_message(self.messages, tokens, self.budget)
         user_msg = self._new_message("user", msg.text, tokens)
-        # The other sockets see the question before any frame of its answer.
         gen = await self._new_generation(user_msg)  # may refuse: nothing sent, nothing stored
+        # The other sockets see the question before any frame of its answer.
         echo = frames.echo_frame(self.key.room, msg.text)
         self._push((o for o in self._outboxes() if o.id != msg.outbox_id), echo)
         self.start_generation(gen)
