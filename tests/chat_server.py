@@ -16,7 +16,7 @@ import httpx
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from core.settings import Settings, load_settings
 from scripts.mock_upstream import serve_mock_upstream
@@ -169,6 +169,16 @@ class ChatClient:
                 seen.append(("error", error["code"]) if error else ("end", frame["msg"]))
                 answers -= 1
         return seen
+
+    async def until_closed(self, timeout: float = 10) -> tuple[list[dict[str, Any]], int]:
+        """Every frame up to the server's close, and the close code."""
+        seen: list[dict[str, Any]] = []
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    seen.append(await self.frame(timeout))
+                except ConnectionClosed as closed:
+                    return seen, closed.reason.code
 
     async def reply(self) -> dict[str, Any]:
         """The next finished, non-echo frame (a command reply or an error)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import redis
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import open_websocket_url
 
 from core.settings import Settings
 from scripts.mock_upstream import expected_answer
@@ -20,15 +20,6 @@ from tests.test_serve import serving
 
 CLOSE_RESTART = 1012
 SHORT = "short [mock tokens=30 delay_ms=20]"
-
-
-async def until_closed(client: ChatClient) -> tuple[list[dict[str, Any]], int]:
-    seen = []
-    while True:
-        try:
-            seen.append(await client.frame(timeout=20))
-        except ConnectionClosed as closed:
-            return seen, closed.reason.code
 
 
 def split(seen: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -71,7 +62,7 @@ async def test_sigterm_ends_answers_and_closes_every_socket(
                 firsts.append(first["msg"])
             proc.popen.send_signal(signal.SIGTERM)
             (cut_seen, cut_code), (done_seen, done_code), (idle_seen, idle_code) = [
-                await until_closed(client) for client in (cut, done, idle)]
+                await client.until_closed(20) for client in (cut, done, idle)]
     assert proc.popen.wait(timeout=30) == 0, proc.tail()
 
     assert cut_code == done_code == idle_code == CLOSE_RESTART

@@ -5,7 +5,6 @@ account comes back."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -27,19 +26,8 @@ async def server(db_settings: Settings, redis_actor: object) -> AsyncIterator[Ch
         yield running
 
 
-async def closing_frames(client: ChatClient, timeout: float) -> tuple[list[dict[str, Any]], int]:
-    """The frames up to the close, and the close code."""
-    seen = []
-    with trio.fail_after(timeout):
-        while True:
-            try:
-                seen.append(await client.frame(timeout))
-            except ConnectionClosed as closed:
-                return seen, closed.reason.code
-
-
 async def assert_revoked(client: ChatClient, code: str, timeout: float = 3.0) -> None:
-    seen, close_code = await closing_frames(client, timeout)
+    seen, close_code = await client.until_closed(timeout)
     assert seen, "the socket closed without an error frame"
     last = seen[-1]
     assert last["finish"] is True and last["error"]["code"] == code, last
@@ -127,7 +115,7 @@ async def test_a_deleted_account_closes_its_socket_and_nothing_comes_back(
             except ConnectionClosed:
                 pass
         await assert_revoked(client, "account_closed")
-        seen, code = await closing_frames(second, 3.0)
+        seen, code = await second.until_closed(3.0)
         assert seen and seen[-1]["error"]["code"] == "account_closed" and code == CLOSE_POLICY
     await trio.sleep(0.5)  # anything still on its way would land by now
     assert await redis.execute("KEYS", f"{redis.prefix}ctx:{user.user_id}:*") == []

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 from sqlalchemy.engine import make_url
-from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionRejected, open_websocket_url
 
 from core.settings import Settings
 from tests.chat_server import ChatClient, ChatServer, User, chat_socket, running_server
@@ -89,13 +89,7 @@ async def test_a_ticket_socket_closes_when_its_user_is_blocked(server: ChatServe
         await trio.to_thread.run_sync(
             admin_sql, server.settings,
             f"UPDATE `{database}`.users SET status = 'blocked' WHERE id = {user.user_id}")
-        frames = []
-        with trio.fail_after(5):
-            try:
-                while True:
-                    frames.append(await client.frame())
-            except ConnectionClosed as closed:
-                code = closed.reason.code
+        frames, code = await client.until_closed(5)
     assert frames[-1]["error"]["code"] == "account_closed" and code == 1008
 
 
@@ -131,13 +125,7 @@ async def test_logging_out_ends_the_ticket_and_the_socket_it_opened(
             async with httpx.AsyncClient(base_url=server.url) as http:
                 r = await http.post("/api/auth/logout", headers={"Authorization": user.jwt})
                 assert r.status_code == 200, r.text
-            frames = []
-            with trio.fail_after(5):
-                try:
-                    while True:
-                        frames.append(await client.frame())
-                except ConnectionClosed as closed:
-                    code = closed.reason.code
+            frames, code = await client.until_closed(5)
         assert frames[-1]["error"]["code"] == "token_revoked" and code == 1008
         # A ticket asked for before the logout (still fresh) is worth nothing after it.
         assert await refusal(f"{server.ws_url}/ws/chatgpt?ticket={unspent}") == 403
