@@ -34,8 +34,9 @@ def error_code(frame: dict[str, Any]) -> str | None:
 
 
 async def test_sigterm_ends_answers_and_closes_every_socket(
-    db_settings: Settings, tmp_path: Path
+    db_settings: Settings, tmp_path: Path, redis_actor: object
 ) -> None:
+    # ``redis_actor`` is here for its clean-up: it deletes every key under the test's prefix.
     with serving(db_settings, tmp_path, SHUTDOWN_GRACE_SECONDS="1.5") as proc:
         announced = next(line.split()[2] for line in proc.log_path.read_text().splitlines()
                          if line.startswith("serving on "))
