@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -187,28 +187,36 @@ async def _usage(call: CompletionCall, text: str, reported: Usage | None) -> Usa
     return Usage(call.prompt_tokens, await count_answer_tokens(text, call.model) if text else 0)
 
 
+async def _answer(chat: Chat, call: CompletionCall, hold: AnswerHold,
+                  on_delta: Callable[[str], None]) -> tuple[str, str, Usage]:
+    """Stream the upstream's answer through ``on_delta`` and settle ``hold`` with what it
+    spent, also when it fails or is cancelled (the text so far); its errors propagate."""
+    parts: list[str] = []
+
+    async def collect(delta: str) -> None:
+        parts.append(delta)
+        on_delta(delta)
+
+    try:
+        info = await chat.upstream.stream(call.upstream_request, collect, max_continuations=0)
+        finish, reported = info.finish_reason, info.usage
+    except UpstreamContentFilter:
+        finish, reported = "content_filter", None
+    except BaseException:
+        await _settle(chat, call, hold, _spent_so_far(call, parts))
+        raise
+    text = "".join(parts)
+    usage = await _usage(call, text, reported)
+    await _settle(chat, call, hold, usage if text else Usage(0, 0))
+    return text, finish, usage
+
+
 async def complete(chat: Chat, call: CompletionCall) -> CompletionResult:
     """The whole answer; the limits' and the upstream's errors propagate. Cancelled (the client
     left), the upstream request closes at once and the limits are given back."""
     await chat.limits.count_message(call.user_id)
     async with chat.limits.hold_answer(call.user_id, call.reserve) as hold:
-        parts: list[str] = []
-
-        async def collect(delta: str) -> None:
-            parts.append(delta)
-
-        try:
-            info = await chat.upstream.stream(call.upstream_request, collect,
-                                              max_continuations=0)
-            finish, reported = info.finish_reason, info.usage
-        except UpstreamContentFilter:
-            finish, reported = "content_filter", None
-        except BaseException:
-            await _settle(chat, call, hold, _spent_so_far(call, parts))
-            raise
-        text = "".join(parts)
-        usage = await _usage(call, text, reported)
-        await _settle(chat, call, hold, usage if text else Usage(0, 0))
+        text, finish, usage = await _answer(chat, call, hold, lambda _delta: None)
     return CompletionResult(text, finish, usage)
 
 
@@ -244,33 +252,19 @@ async def stream_completion(
     with cancel_scope, send:
         await chat.limits.count_message(call.user_id)
         async with chat.limits.hold_answer(call.user_id, call.reserve) as hold:
-            parts: list[str] = []
 
-            async def forward(delta: str) -> None:
-                parts.append(delta)
+            def forward(delta: str) -> None:
                 emit(delta)
                 start()
 
             try:
-                info = await chat.upstream.stream(call.upstream_request, forward,
-                                                  max_continuations=0)
-                finish, reported = info.finish_reason, info.usage
-            except UpstreamContentFilter:
-                finish, reported = "content_filter", None
+                _text, finish, usage = await _answer(chat, call, hold, forward)
             except Exception as exc:
-                await _settle(chat, call, hold, _spent_so_far(call, parts))
                 if not started:
                     raise
-                error = to_openai_error(exc)
                 log.warning("a /v1 stream of user %s broke after its first text: %s",
                             call.user_id, exc)
-                emit(StreamFailed(error))
+                emit(StreamFailed(to_openai_error(exc)))
                 return
-            except BaseException:
-                await _settle(chat, call, hold, _spent_so_far(call, parts))
-                raise
-            text = "".join(parts)
-            usage = await _usage(call, text, reported)
-            await _settle(chat, call, hold, usage if text else Usage(0, 0))
             emit(StreamEnd(finish, usage))
             start()
