@@ -98,7 +98,9 @@ async def drive(stack: Stack, directory: Path) -> None:
                 await trio.sleep(0.05)
 
         def eight_open(s: Samples) -> bool:
-            return value(s, "chat_sockets_open") == 8
+            # Both gauges are sampled by each worker once a second: wait for both samples.
+            return (value(s, "chat_sockets_open") == 8
+                    and value(s, "chat_sessions_live") == done + 8)
 
         samples = await scrape_until(stack.url, eight_open)
         assert value(samples, "chat_sockets_open") == 8
