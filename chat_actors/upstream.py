@@ -13,9 +13,9 @@ closed at once and the upstream sees the connection close.
 - Pool: one-connection ``httpx.AsyncClient``s checked out per request (``upstream_pool``
   explains why this beats N shared clients); up to ``128 * upstream_clients`` idle clients
   (1,024 by default) keep their keep-alive connection warm.
-- Pacing: text goes out at most about once per ``delta_interval`` (60 ms) while the answer
-  streams quickly, so that several tokens leave as one frame; ``_ReadPacer`` says when text is
-  held and when it never is.
+- Pacing: text goes out as one delta per network read, and at most about once per
+  ``delta_interval`` (60 ms) while the answer streams quickly, so that several tokens leave as
+  one frame; ``_Pacer`` says when text is held and when it never is.
 - Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
   (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; comments
   and keep-alives do not count as progress) → ``UpstreamTimeout``.
@@ -48,6 +48,7 @@ import trio
 
 from chat_actors import chat_metrics
 from chat_actors.upstream_pool import ClientPool
+from chat_actors.upstream_reads import install_read_hooks, read_hook
 from chat_actors.upstream_sse import aiter_sse_batches
 from chat_actors.upstream_types import (
     ChatRequest,
@@ -190,7 +191,7 @@ class UpstreamClient:
         start = len(parts)
         finish: str | None = None
         done = False
-        held: list[str] = []  # a lone token held back (``_ReadPacer``); goes out before any end
+        held: list[str] = []  # text read, not yet delivered (``_Pacer``); goes out before any end
         try:
             with trio.CancelScope(deadline=trio.current_time() + self._first_byte) as scope:
                 try:
@@ -237,37 +238,38 @@ class UpstreamClient:
         send_delta: SendDelta,
         usage: list[Usage],
     ) -> tuple[bool, str | None]:
-        """Deliver the body's text, paced; returns ([DONE] seen, finish_reason)."""
+        """Deliver the body's text, paced; returns ([DONE] seen, finish_reason).
+
+        Text read is held, and goes out as one delta when the events of its network read are
+        used up (``_Pacer``, run before each read), or at once with the end of the answer."""
         finish: str | None = None
         done = False
-        pacer = _ReadPacer(self._interval, scope, self._gap)
+        stream = read_hook(response)
+        pacer = _Pacer(self._interval, scope, self._gap, held, parts, send_delta)
+        if stream is not None:
+            stream.before_read = pacer.before_read
         batches = aiter_sse_batches(response)
-        async with aclosing(batches):
-            while True:
-                pacer.reading()
-                batch = await anext(batches, None)
-                if batch is None:
-                    break
-                if done:
-                    continue  # read the body to its end: the connection is reused
-                if not batch:  # a comment or part of an event: no text, and no progress
-                    if await _deliver(held, parts, send_delta):
-                        pacer.delivered()
-                    continue
-                text, finish, done, error = _read_batch(batch, finish, usage)
-                if text:
-                    held.append(text)
-                ending = done or error is not None or finish is not None
-                if held and not ending and pacer.holds():
-                    await pacer.sleep()
-                    if _readable(response):
-                        continue  # goes out with the tokens that came meanwhile
-                if await _deliver(held, parts, send_delta):
-                    pacer.delivered()
-                if error is not None:
-                    raise error
-                wait = min(self._gap, _DONE_GRACE) if done else self._gap
-                _extend(scope, wait, exact=done)
+        try:
+            async with aclosing(batches):
+                async for batch in batches:
+                    if done:
+                        continue  # read the body to its end: the connection is reused
+                    if not batch:  # a comment or part of an event: no text, and no progress
+                        continue
+                    text, finish, done, error = _read_batch(batch, finish, usage)
+                    if text:
+                        held.append(text)
+                    if done or error is not None or finish is not None or stream is None:
+                        await _deliver(held, parts, send_delta)
+                        if stream is not None:
+                            stream.before_read = None  # the rest of the body is not paced
+                    if error is not None:
+                        raise error
+                    wait = min(self._gap, _DONE_GRACE) if done else self._gap + self._interval
+                    _extend(scope, wait, exact=done)
+        finally:
+            if stream is not None:
+                stream.before_read = None
         return done, finish
 
     async def _status_failure(self, response: httpx.Response) -> _Failed:
@@ -290,54 +292,34 @@ def _extend(scope: trio.CancelScope, wait: float, *, exact: bool = False) -> Non
         scope.deadline = deadline
 
 
-class _ReadPacer:
-    """Delivers an answer's text at most about once per ``interval`` while it streams quickly.
+class _Pacer:
+    """Run before each network read of a response (``upstream_reads``): delivers the text held
+    from the reads before as one delta, then, while the answer streams quickly, waits until
+    ``interval`` after the last delivery, so that the tokens arriving meanwhile wait in the
+    kernel and come in with the next read, as one delta (one frame on the socket).
 
-    Text is held when it came soon after the previous delivery: a read that had to wait for the
-    network (its token arrived alone) less than ``interval`` after the last delivery is held
-    until ``interval`` has passed since that delivery. The tokens arriving meanwhile wait in the
-    kernel and are read in one go with it, with no schedule point between their deliveries, so
-    the socket's outbox sends them as one frame. The first delta of a request, text arriving
-    ``interval`` or more after the last delivery (a slow model, a pause) and text read with the
-    end of the answer (a finish reason, ``[DONE]``, an error) go on at once. An end that comes
-    in a later read is not foreseen: the last token may wait out the interval. Whether a read
-    waited is judged by the clock: parsing a buffered event takes microseconds. A wrong guess
-    costs at most one interval of delay, never text.
+    The first delta of a request goes out as soon as its read is used up; a token arriving
+    ``interval`` or more after the last delivery (a slow model, a pause) goes out as soon as
+    it is read; the end of the answer (a finish reason, ``[DONE]``, an error) is delivered by
+    the reader at once. An end that comes in a later read is not foreseen: the last token may
+    wait out the interval. A wrong guess costs at most one interval of delay, never text.
     """
 
-    _WAITED = 0.002  # seconds: far longer than parsing a buffered event takes (~50 µs)
-
-    def __init__(self, interval: float, scope: trio.CancelScope, gap: float) -> None:
+    def __init__(self, interval: float, scope: trio.CancelScope, gap: float, held: list[str],
+                 parts: list[str], send_delta: SendDelta) -> None:
         self._interval = interval
         self._scope, self._gap = scope, gap  # the read's gap timeout, moved past each pause
+        self._held, self._parts, self._send = held, parts, send_delta
         self._last = -math.inf  # when text last went out
-        self._since = trio.current_time()
 
-    def reading(self) -> None:
-        """About to read the next event."""
-        self._since = trio.current_time()
-
-    def holds(self) -> bool:
-        """Whether to hold the text just read (then call ``sleep``)."""
+    async def before_read(self) -> None:
         now = trio.current_time()
-        waited = now - self._since > self._WAITED  # a read after a sleep finds buffered data
-        return waited and now - self._last < self._interval
-
-    def delivered(self) -> None:
-        """Text went out."""
-        self._last = trio.current_time()
-
-    async def sleep(self) -> None:
-        """Until ``interval`` after the last delivery."""
+        if await _deliver(self._held, self._parts, self._send):
+            self._last = now
         until = self._last + self._interval
-        _extend(self._scope, until - trio.current_time() + self._gap)
-        await trio.sleep_until(until)
-
-
-def _readable(response: httpx.Response) -> bool:
-    """Whether the kernel holds more of the body (httpcore's ``network_stream`` extension)."""
-    stream = response.extensions.get("network_stream")
-    return bool(stream is not None and stream.get_extra_info("is_readable"))
+        if until > now:
+            _extend(self._scope, until - now + self._gap)
+            await trio.sleep_until(until)
 
 
 async def _deliver(held: list[str], parts: list[str], send_delta: SendDelta) -> bool:
@@ -377,13 +359,13 @@ def _make_client(settings: Settings, ssl_context: ssl.SSLContext) -> httpx.Async
     if settings.openai_api_key:
         headers["Authorization"] = f"Bearer {settings.openai_api_key}"
     connect = settings.upstream_connect_timeout
-    return httpx.AsyncClient(
+    return install_read_hooks(httpx.AsyncClient(
         headers=headers,
         verify=ssl_context,
         timeout=httpx.Timeout(connect=connect, read=None, write=connect, pool=None),
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
                             keepalive_expiry=30.0),
-    )
+    ))
 
 
 @asynccontextmanager
