@@ -10,8 +10,8 @@ own (mapped) exception: the pipeline runs with ``raise_on_error=False``.
 Cancellation: a caller cancelled while its command is only queued marks it cancelled and it is
 never sent. Once sent, the batch runs whole (the caller just stops waiting): a single Redis
 command is atomic, so nothing is half-written, but the result of a destructive read (LPOP,
-GETDEL, ...) is then lost: see ``execute`` for the LMOVE pattern. ``transaction``, ``eval`` and ``blocking`` cross
-on their own; ``blocking`` uses its own pool without socket timeout, and when cancelled redis-py
+GETDEL, ...) is then lost: see ``execute`` for the LMOVE pattern. Scripts (``eval``) are
+batched too; ``transaction`` and ``blocking`` cross on their own; ``blocking`` uses its own pool without socket timeout, and when cancelled redis-py
 drops that connection so the server forgets the BLPOP (it cannot steal a later message).
 
 Errors are mapped in one place, ``storage.errors.map_redis_error``. A call that meets a dead
@@ -26,6 +26,7 @@ fails its check and the session rewrites instead), HSET/DEL/EXPIRE, and the HMAC
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -37,6 +38,7 @@ import redis.asyncio as aioredis
 import trio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 from core import metrics
 from core.errors import StorageUnavailable
@@ -82,7 +84,7 @@ class RedisActor:
         self._queue: deque[_Op] = deque()
         self._has_work = trio.Event()
         self._closed = False
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, str] = {}  # script -> its SHA1
 
     def key(self, *parts: str | int) -> str:
         """``prefix`` + the parts joined with ``:``."""
@@ -145,12 +147,18 @@ class RedisActor:
         return await self._cross(run, "transaction")
 
     async def eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a Lua script by EVALSHA (loaded on first use or after SCRIPT FLUSH)."""
-        handle = self._scripts.get(script)
-        if handle is None:
-            handle = self._scripts[script] = self._client.register_script(script)
-        key_list, arg_list = list(keys), list(args)
-        return await self._cross(lambda: handle(keys=key_list, args=arg_list), "eval")
+        """Run a Lua script by EVALSHA, batched like ``execute`` (scripts are most of the
+        chat's writes: each answer's would otherwise cross on its own). Loaded with SCRIPT
+        LOAD on first use or after a SCRIPT FLUSH / restart (NOSCRIPT), then run again."""
+        sha = self._scripts.get(script)
+        if sha is None:
+            sha = self._scripts[script] = hashlib.sha1(script.encode()).hexdigest()
+        command = ("EVALSHA", sha, len(keys), *keys, *args)
+        try:
+            return await self.execute(*command)
+        except NoScriptError:
+            await self.execute("SCRIPT", "LOAD", script)
+            return await self.execute(*command)
 
     async def blocking(self, *args: Any) -> Any:
         """A blocking command (BLPOP, ...) on its own connection, never batched.
@@ -193,7 +201,9 @@ class RedisActor:
                 op.done.set()
             return
         for op, res in zip(batch, results, strict=True):
-            if isinstance(res, BaseException):
+            if isinstance(res, NoScriptError):  # ``eval`` loads the script and runs it again
+                op.result = outcome.Error(res)
+            elif isinstance(res, BaseException):
                 mapped = map_redis_error(res)
                 op.result = outcome.Error(mapped if mapped is not None else res)
             else:

@@ -12,6 +12,7 @@ from core.errors import StorageError, StorageTimeout
 from core.settings import Settings
 from storage.redis_actor import RedisActor, open_redis_actor
 from storage.redis_commands import block_seconds, check_args
+from tests.storage.servers import Server
 
 
 async def test_key_helper(redis_actor: RedisActor) -> None:
@@ -99,6 +100,38 @@ async def test_eval_uses_a_cached_script(redis_actor: RedisActor) -> None:
     assert await redis_actor.eval(script, [k], [2]) == 2
     assert await redis_actor.eval(script, [k], [3]) == 5
     assert len(redis_actor._scripts) == 1
+
+
+async def test_eval_loads_its_script_again_after_a_flush(own_redis: Server) -> None:
+    script = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+    url = f"redis://127.0.0.1:{own_redis.port}/0"
+    async with open_redis_actor(url, prefix="t:", timeout=2.0) as actor:
+        assert await actor.eval(script, ["t:n"], [2]) == 2
+        await actor.execute("SCRIPT", "FLUSH")  # as a restart of Redis without persistence does
+        assert await actor.eval(script, ["t:n"], [3]) == 5
+
+
+async def test_concurrent_evals_share_one_crossing(redis_actor: RedisActor) -> None:
+    script = "return redis.call('INCR', KEYS[1])"
+    k = redis_actor.key("lua-batch")
+    await redis_actor.eval(script, [k], [])
+    crossings = 0
+    run = redis_actor._bridge.run
+
+    async def counted(make: object) -> object:
+        nonlocal crossings
+        crossings += 1
+        return await run(make)  # type: ignore[arg-type]
+
+    redis_actor._bridge.run = counted  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(redis_actor.eval, script, [k], [])
+    finally:
+        del redis_actor._bridge.run
+    assert await redis_actor.execute("GET", k) == "51"
+    assert crossings <= 3  # one batch, or a few if the first left before the rest queued
 
 
 async def test_ping(redis_actor: RedisActor) -> None:
