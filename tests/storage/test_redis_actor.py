@@ -123,7 +123,7 @@ async def test_concurrent_evals_share_one_crossing(redis_actor: RedisActor) -> N
         crossings += 1
         return await run(make)  # type: ignore[arg-type]
 
-    redis_actor._bridge.run = counted  # type: ignore[method-assign]
+    redis_actor._bridge.run = counted  # type: ignore[method-assign,assignment]
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(50):
