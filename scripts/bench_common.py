@@ -87,6 +87,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process's main thread alone (Trio's run loop in the server; the rest,
+    ``cpu_seconds`` minus this, is the storage bridge's asyncio thread and worker threads)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def worker_pids(pid: int, count: int = 1, timeout: float = 10.0) -> tuple[int, ...]:
     """The processes that serve: Hypercorn's CLI runs its workers in child processes."""
     deadline = time.monotonic() + timeout

@@ -55,6 +55,7 @@ from scripts.bench_common import (
     Stack,
     bench_stack,
     cpu_seconds,
+    main_thread_cpu_seconds,
     print_dist,
     proc_status,
     py_spy,
@@ -313,6 +314,7 @@ class AnswerResult:
     failed_handshakes: dict[str, int]
     seconds: float
     cpu_s: float
+    main_thread_cpu_s: float  # Trio's thread; the rest is the storage bridge and workers
     summary: Summary
 
     @property
@@ -354,19 +356,20 @@ async def answer_phase(stack: Stack, users: Sequence[Credentials],
             if args.py_spy:
                 await trio.sleep(PY_SPY_ATTACH)
             with collector_paused():
-                cpu0 = cpu_seconds(pid)
+                cpu0, main0 = cpu_seconds(pid), main_thread_cpu_seconds(pid)
                 rec.started = t0 = trio.current_time()
                 async with trio.open_nursery() as chats:
                     for i, (ws, room) in sorted(holder.sockets.items()):
                         chats.start_soon(chat, ws, room, i, args.messages, plan, rec,
                                          args.answer_timeout)
                 cpu1, t1 = cpu_seconds(pid), trio.current_time()
+                main1 = main_thread_cpu_seconds(pid)
         holder.release.set()
     planned = args.sessions * args.messages
     summary = summarize(rec, sessions=args.sessions, messages_planned=planned, duration=t1 - t0)
     return AnswerResult(sessions=args.sessions, messages=args.messages, tokens=args.tokens,
                         failed_handshakes=dict(rec.session_errors), seconds=t1 - t0,
-                        cpu_s=cpu1 - cpu0, summary=summary)
+                        cpu_s=cpu1 - cpu0, main_thread_cpu_s=main1 - main0, summary=summary)
 
 
 def print_profile(path: Path | None, title: str) -> None:
@@ -406,6 +409,10 @@ def report(c: ConnectResult, a: AnswerResult, args: argparse.Namespace) -> None:
     print(f"CPU per close: {c.cpu_ms_per_close:.2f} ms ({c.opened} sockets)")
     print(f"CPU per answer: {a.cpu_ms_per_answer:.2f} ms ({a.answers} answers, "
           f"{a.tokens} tokens)")
+    if a.answers:
+        main = 1000.0 * a.main_thread_cpu_s / a.answers
+        print(f"  of which Trio's thread {main:.2f} ms, the storage bridge and other threads "
+              f"{a.cpu_ms_per_answer - main:.2f} ms")
 
 
 async def bench(args: argparse.Namespace) -> int:
