@@ -1,11 +1,11 @@
-"""A pool of one-connection ``httpx.AsyncClient``s, checked out per request.
+"""A pool of one-connection ``httpx.AsyncHTTPTransport``s, checked out per request.
 
 Why not N shared clients: httpcore's pool re-scans its connections on every request added or
 removed, and its keep-alive check is quadratic in the number of idle connections
 (``len([c.is_idle() for c in connections])`` inside a loop over connections). With 8 shared
 clients at 300 concurrent streams the profile was dominated by ``is_idle`` (2.5 M calls for 600
 answers); at 1,000 streams each client would hold ~125 connections. A client that never holds
-more than one connection makes those scans O(1), and checking clients out of a LIFO list keeps
+more than one connection makes those scans O(1), and checking them out of a LIFO list keeps
 the warm keep-alive connections in use. Measured numbers: see scripts/bench_mock_upstream.py.
 """
 
@@ -23,10 +23,10 @@ _CLOSE_GRACE = 1.0
 class ClientPool:
     """Idle clients in a LIFO list; a checkout takes the warmest or makes a new one."""
 
-    def __init__(self, factory: Callable[[], httpx.AsyncClient], max_idle: int) -> None:
+    def __init__(self, factory: Callable[[], httpx.AsyncHTTPTransport], max_idle: int) -> None:
         self._factory = factory
         self._max_idle = max_idle
-        self._idle: list[httpx.AsyncClient] = []
+        self._idle: list[httpx.AsyncHTTPTransport] = []
         self._busy = 0
         self._closed = False
 
@@ -40,7 +40,7 @@ class ClientPool:
         return len(self._idle)
 
     @asynccontextmanager
-    async def checkout(self) -> AsyncIterator[httpx.AsyncClient]:
+    async def checkout(self) -> AsyncIterator[httpx.AsyncHTTPTransport]:
         if self._closed:
             raise RuntimeError("the upstream client pool is closed")
         client = self._idle.pop() if self._idle else self._factory()
@@ -61,6 +61,6 @@ class ClientPool:
             await _close(client)
 
 
-async def _close(client: httpx.AsyncClient) -> None:
+async def _close(client: httpx.AsyncHTTPTransport) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
         await client.aclose()

@@ -9,7 +9,7 @@ delivers what it holds (one delta per network read) and paces the next read
 (``chat_actors.upstream``): one wake-up per ``delta_interval`` instead of one per token, and
 no guessing from the clock.
 
-``install_read_hooks(client)`` puts the backend under an ``httpx.AsyncClient``'s transports
+``install_read_hooks(transport)`` puts the backend under an ``httpx.AsyncHTTPTransport``
 (httpcore's ``AsyncConnectionPool(network_backend=...)`` is public; httpx does not pass it on,
 so the pool built by httpx gets it afterwards: checked, with a clear error, against the pinned
 versions). ``read_hook(response)`` is the stream of a response, to set ``before_read`` on for
@@ -79,21 +79,17 @@ class _HookedBackend(httpcore.AsyncNetworkBackend):
         await self._backend.sleep(seconds)
 
 
-def install_read_hooks(client: httpx.AsyncClient) -> httpx.AsyncClient:
-    """``client`` with every connection it opens a ``HookedStream``; returns it."""
-    transports = [client._transport, *client._mounts.values()]
-    for transport in transports:
-        if transport is None:
-            continue
-        pool = getattr(transport, "_pool", None)
-        if not isinstance(pool, httpcore.AsyncConnectionPool) or not isinstance(
-                getattr(pool, "_network_backend", None), httpcore.AsyncNetworkBackend):
-            raise TypeError(
-                f"httpx {httpx.__version__} / httpcore {httpcore.__version__}: the transport "
-                "has no connection pool with a network backend; see pyproject.toml's pins")
-        if not isinstance(pool._network_backend, _HookedBackend):
-            pool._network_backend = _HookedBackend(pool._network_backend)
-    return client
+def install_read_hooks(transport: httpx.AsyncHTTPTransport) -> httpx.AsyncHTTPTransport:
+    """``transport`` with every connection it opens a ``HookedStream``; returns it."""
+    pool = getattr(transport, "_pool", None)
+    if not isinstance(pool, httpcore.AsyncConnectionPool) or not isinstance(
+            getattr(pool, "_network_backend", None), httpcore.AsyncNetworkBackend):
+        raise TypeError(
+            f"httpx {httpx.__version__} / httpcore {httpcore.__version__}: the transport "
+            "has no connection pool with a network backend; see pyproject.toml's pins")
+    if not isinstance(pool._network_backend, _HookedBackend):
+        pool._network_backend = _HookedBackend(pool._network_backend)
+    return transport
 
 
 def read_hook(response: httpx.Response) -> HookedStream | None:

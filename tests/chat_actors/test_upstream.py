@@ -448,3 +448,17 @@ async def test_the_end_of_an_answer_waits_at_most_one_interval() -> None:
                                                gap=5.0, interval=0.19, behind=0.0)
     assert failure is None and deltas == ["A", " B", " C"]
     assert 0.15 < times[2] - times[1] < 0.19 + 0.1, times
+
+
+def test_the_environment_proxy_is_taken_as_httpx_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_actors.upstream import _environment_proxy
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _environment_proxy("https://api.openai.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert _environment_proxy("https://api.openai.com/v1") == "http://proxy.example:3128"
+    assert _environment_proxy("http://127.0.0.1:8001/v1") is None  # only https is proxied
+    monkeypatch.setenv("NO_PROXY", "api.openai.com")
+    assert _environment_proxy("https://api.openai.com/v1") is None
