@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     max_message_tokens: int = Field(4_000, ge=1)
 
+    listen_backlog: int = Field(
+        4096, ge=16, le=65535,
+        description="connections the kernel queues for the server while it is busy (Hypercorn's "
+                    "default of 100 refused handshakes in a storm of 1,000 connects; Linux caps "
+                    "it at net.core.somaxconn, 4096 by default)")
+
     server_lease: bool = Field(
         True, description="hold the Redis prefix's server lease: a second server process on the "
         "same prefix stops at start-up, as sessions cannot be shared between processes yet; "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs, each only if it is missing: Chromium (the
 # page's browser tests), docker-compose (validates docker-compose.yaml), Redis and MariaDB (the
-# services, and private instances for the fault tests), Node.js/npm (the page's JS libraries).
+# services, and private instances for the fault tests), Node.js/npm (the page's JS libraries),
+# iproute2 (ss: the server's listen backlog).
 # Runs apt-get as root, or through sudo. `make test` calls it; so does CI, through `make test`.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+command -v ss >/dev/null 2>&1 || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -122,6 +122,7 @@ async def _main(settings: Settings) -> None:
                       "no key", flush=True)
             config = Config()
             config.bind = [f"{settings.host}:{settings.port}"]
+            config.backlog = settings.listen_backlog
             config.accesslog = None  # our request log replaces it (and never logs access keys)
             config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
             # Frames up to MAX_FRAME_BYTES get a clear too_long error from the chat edge; far

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import redis
 
+from tests.tools import require_tool
+
 from core.settings import Settings
 from tests.web.conftest_page import Proc, free_port, start_proc, wait_http
 
@@ -19,10 +22,11 @@ MOCK_LINE = "answers come from the mock upstream"
 
 
 @contextmanager
-def serving(db_settings: Settings, log_dir: Path, *, ready: bool = True,
+def serving(db_settings: Settings, log_dir: Path, *, ready: bool = True, port: int = 0,
             **env: str) -> Iterator[Proc]:
-    """The run command on a free port (ready, unless told not to wait); stopped after."""
-    port = free_port()
+    """The run command on ``port`` or a free one (ready, unless told not to wait); stopped
+    after."""
+    port = port or free_port()
     proc = start_proc("serve", [sys.executable, "-m", "scripts.serve"], {
         **os.environ, "CHAT_ENV_FILE": "", "API_ENV": "test", "PORT": str(port),
         "MOCK_UPSTREAM_PORT": str(free_port()), "REDIS_KEY_PREFIX": db_settings.redis_key_prefix,
@@ -88,3 +92,17 @@ def test_the_mock_stands_in_only_for_openai_without_a_key(
     with serving(db_settings, tmp_path, OPENAI_API_KEY="",
                  OPENAI_BASE_URL="http://127.0.0.1:11434/v1") as proc:
         assert MOCK_LINE not in stop(proc)
+
+
+def test_the_listen_backlog_is_the_setting_not_hypercorns_100(
+        db_settings: Settings, tmp_path: Path) -> None:
+    # With Hypercorn's default of 100 a storm of 1,000 connects to a busy process was refused
+    # in part; the kernel reports a listening socket's backlog as its Send-Q.
+    ss = require_tool("ss", "iproute2")
+    port = free_port()
+    with serving(db_settings, tmp_path, port=port, OPENAI_API_KEY="sk-test",
+                 LISTEN_BACKLOG="777") as proc:
+        out = subprocess.run([ss, "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                             check=True).stdout.split()
+        assert out[0] == "LISTEN" and out[2] == "777", out
+        stop(proc)
