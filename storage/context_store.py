@@ -118,15 +118,11 @@ class ContextStore:
         return [["EXPIRE", key, self._ttl] for key in keys]
 
     async def load(self, user_id: int, room: str) -> LoadedContext:
-        profile_key, messages_key, meta_key = keys = self._keys(user_id, room)
-        raw_profile, raw_messages, meta, *_ = await self._redis.transaction(
-            [
-                ["HGETALL", profile_key],
-                ["LRANGE", messages_key, 0, -1],
-                ["HGETALL", meta_key],
-                *self._expire_all(keys),
-            ]
-        )
+        keys = self._keys(user_id, room)
+        # A script, not MULTI/EXEC: scripts share the Redis actor's batches, so the session
+        # starts of a connection storm load together instead of each taking a connection.
+        profile_pairs, raw_messages, meta_pairs = await self._redis.eval(_LOAD, keys, [self._ttl])
+        raw_profile, meta = _pairs(profile_pairs), _pairs(meta_pairs)
         repairs: list[str] = []
         messages: list[StoredMessage] = []
         for raw in raw_messages:
@@ -219,6 +215,19 @@ class ContextStore:
 # KEYS: profile, messages, meta. ARGV: expected length, ttl, default model, next_id, new count,
 # n (messages to remove), the n JSON texts to remove, then the JSON texts to append.
 # Every check runs before any write: the script changes all or nothing.
+_LOAD = """
+local out = {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1),
+             redis.call('HGETALL', KEYS[3])}
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+return out
+"""
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """HGETALL's reply inside a script: field, value, field, value..."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 _CHECKED_CHANGE = """
 local profile, messages, meta = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('LLEN', messages) ~= tonumber(ARGV[1]) then return 0 end
