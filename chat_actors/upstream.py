@@ -10,8 +10,9 @@ counts toward the gap timeout; the session's only pushes into outboxes); the cal
 text (on an error after some deltas it keeps what it got, a held token included). Cancel the caller's scope to stop: the HTTP response is
 closed at once and the upstream sees the connection close.
 
-- Pool: one-connection ``httpx.AsyncHTTPTransport``s checked out per request (``upstream_pool``
-  explains why this beats N shared clients); up to ``128 * upstream_clients`` idle ones
+- Pool: one-connection transports (``upstream_transport``) checked out per request
+  (``upstream_pool`` explains why this beats N shared clients); up to
+  ``128 * upstream_clients`` idle ones
   (1,024 by default) keep their keep-alive connection warm.
 - Pacing: text goes out as one delta per network read, and at most about once per
   ``delta_interval`` (60 ms) while the answer streams quickly, so that several tokens leave as
@@ -50,8 +51,8 @@ import trio
 
 from chat_actors import chat_metrics
 from chat_actors.upstream_pool import ClientPool
-from chat_actors.upstream_reads import install_read_hooks, read_hook
 from chat_actors.upstream_sse import aiter_sse_batches
+from chat_actors.upstream_transport import ResponseBody, StreamingTransport
 from chat_actors.upstream_types import (
     ChatRequest,
     FinishInfo,
@@ -190,7 +191,7 @@ class UpstreamClient:
 
     async def _attempt(
         self,
-        transport: httpx.AsyncHTTPTransport,
+        transport: httpx.AsyncBaseTransport,
         payload: dict[str, object],
         parts: list[str],
         send_delta: SendDelta,
@@ -200,7 +201,8 @@ class UpstreamClient:
 
         Sent on the transport itself, not through an ``httpx.AsyncClient``: the client's
         per-request work (merging defaults, the auth and redirect flows, the cookie jar) was
-        ~0.5 ms of every answer, and this request needs none of it."""
+        ~0.5 ms of every answer, and this request needs none of it. The connect and write
+        timeouts are the transport's; the gap and first-byte ones are ``scope``."""
         start = len(parts)
         finish: str | None = None
         done = False
@@ -259,10 +261,11 @@ class UpstreamClient:
         """Deliver the body's text, paced; returns ([DONE] seen, finish_reason).
 
         Text read is held, and goes out as one delta when the events of its network read are
-        used up (``_Pacer``, run before each read), or at once with the end of the answer."""
+        used up (``_Pacer``, run before each read of a ``ResponseBody``), or at once with the
+        end of the answer."""
         finish: str | None = None
         done = False
-        stream = read_hook(response)
+        stream = response.stream if isinstance(response.stream, ResponseBody) else None
         pacer = _Pacer(self._interval, scope, self._gap, held, parts, send_delta)
         if stream is not None:
             stream.before_read = pacer.before_read
@@ -372,14 +375,17 @@ def _read_batch(
     return "".join(text), finish, False, None
 
 
-def _make_transport(settings: Settings, ssl_context: ssl.SSLContext) -> httpx.AsyncHTTPTransport:
-    """One connection, kept alive between requests; a proxy from the environment
-    (``HTTPS_PROXY``, ``NO_PROXY``, ...) as an ``httpx.AsyncClient`` would take it."""
-    transport = httpx.AsyncHTTPTransport(
-        verify=ssl_context, proxy=_environment_proxy(settings.openai_base_url),
+def _make_transport(settings: Settings, ssl_context: ssl.SSLContext) -> httpx.AsyncBaseTransport:
+    """One connection, kept alive between requests (``upstream_transport``); through a proxy
+    from the environment (``HTTPS_PROXY``, ``NO_PROXY``, ... as an ``httpx.AsyncClient`` would
+    take it), httpx's own transport, whose reads are not paced (one delta per HTTP chunk)."""
+    proxy = _environment_proxy(settings.openai_base_url)
+    if proxy is None:
+        return StreamingTransport(ssl_context, settings.upstream_connect_timeout)
+    return httpx.AsyncHTTPTransport(
+        verify=ssl_context, proxy=proxy,
         limits=httpx.Limits(max_connections=1, max_keepalive_connections=1,
                             keepalive_expiry=30.0))
-    return install_read_hooks(transport)
 
 
 def _environment_proxy(url: str) -> str | None:

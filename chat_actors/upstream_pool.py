@@ -1,4 +1,4 @@
-"""A pool of one-connection ``httpx.AsyncHTTPTransport``s, checked out per request.
+"""A pool of one-connection httpx transports, checked out per request.
 
 Why not N shared clients: httpcore's pool re-scans its connections on every request added or
 removed, and its keep-alive check is quadratic in the number of idle connections
@@ -23,10 +23,10 @@ _CLOSE_GRACE = 1.0
 class ClientPool:
     """Idle clients in a LIFO list; a checkout takes the warmest or makes a new one."""
 
-    def __init__(self, factory: Callable[[], httpx.AsyncHTTPTransport], max_idle: int) -> None:
+    def __init__(self, factory: Callable[[], httpx.AsyncBaseTransport], max_idle: int) -> None:
         self._factory = factory
         self._max_idle = max_idle
-        self._idle: list[httpx.AsyncHTTPTransport] = []
+        self._idle: list[httpx.AsyncBaseTransport] = []
         self._busy = 0
         self._closed = False
 
@@ -40,7 +40,7 @@ class ClientPool:
         return len(self._idle)
 
     @asynccontextmanager
-    async def checkout(self) -> AsyncIterator[httpx.AsyncHTTPTransport]:
+    async def checkout(self) -> AsyncIterator[httpx.AsyncBaseTransport]:
         if self._closed:
             raise RuntimeError("the upstream client pool is closed")
         client = self._idle.pop() if self._idle else self._factory()
@@ -61,6 +61,6 @@ class ClientPool:
             await _close(client)
 
 
-async def _close(client: httpx.AsyncHTTPTransport) -> None:
+async def _close(client: httpx.AsyncBaseTransport) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
         await client.aclose()
