@@ -314,8 +314,8 @@ def _extend(scope: trio.CancelScope, wait: float, *, exact: bool = False) -> Non
 
 
 class _Pacer:
-    """Run before each network read of a response (``upstream_reads``): delivers the text held
-    from the reads before as one delta, then, while the answer streams quickly, waits until
+    """Run before each network read of a response (``ResponseBody.before_read``): delivers
+    the text held from the reads before as one delta, then, while the answer streams quickly, waits until
     ``interval`` after the last delivery, so that the tokens arriving meanwhile wait in the
     kernel and come in with the next read, as one delta (one frame on the socket).
 
