@@ -150,9 +150,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int = 1,
-                server_workers: int = 1,
+                server_workers: int = 1, backlog: int = 4096,
                 env: dict[str, str] | None = None, quiet: bool = True) -> Iterator[Stack]:
-    """Fresh DB + Redis prefix, mock upstream and chat server processes; cleaned up after."""
+    """Fresh DB + Redis prefix, mock upstream and chat server processes; cleaned up after.
+    ``backlog``: the server's listen backlog (``LISTEN_BACKLOG``'s default; Hypercorn's own
+    is 100)."""
     from scripts.loadtest import raise_open_files_limit
     from storage.migrate import upgrade
 
@@ -189,7 +191,7 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
             "SERVER_LEASE": "true" if server_workers == 1 else "false", **(env or {}),
         }
         server = subprocess.Popen(
-            [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog", "4096",
+            [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog", str(backlog),
              "--workers", str(server_workers),
              "-b", f"127.0.0.1:{port}", "web.asgi:app"],
             cwd=ROOT, env=server_env, stdout=out, stderr=out)
