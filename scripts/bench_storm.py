@@ -5,8 +5,9 @@
 
 One mock upstream (64 tokens, 10 ms per token) and one chat server process (``bench_stack``,
 Hypercorn ``--backlog 4096`` unless ``--backlog`` says otherwise), a warm-up (20 sessions x 2
-messages), then ``--sessions`` sockets, each on a room of its own (its own session actor), their connects started evenly over
-``--ramp-up`` seconds, with no bound on the handshakes in flight.
+messages), then ``--sessions`` sockets, each on a room of its own (its own session actor),
+their connects started evenly over ``--ramp-up`` seconds, with no bound on the handshakes in
+flight.
 
 ``--messages 0``: every socket is held open once it has its init frame (``SocketHolder`` of
 ``bench_cpu``; the load test's sessions would close right after it) until all are open or
