@@ -217,14 +217,17 @@ def print_dist(name: str, d: object) -> None:
 
 
 @contextmanager
-def py_spy(pid: int, out: Path | None) -> Iterator[None]:
+def py_spy(pid: int, out: Path | None, *, blocking: bool = False) -> Iterator[None]:
     """Sample ``pid`` with py-spy (``pip install py-spy``) into ``out`` (collapsed stacks, for
-    flamegraph.pl or speedscope) while the block runs; nothing when ``out`` is None."""
+    flamegraph.pl or speedscope) while the block runs; nothing when ``out`` is None.
+    ``blocking``: pause the process for each sample (slower, but whole stacks: without it about
+    half the stacks come out cut, which ``profile_areas`` cannot place)."""
     if out is None:
         yield
         return
+    mode = [] if blocking else ["--nonblocking"]
     proc = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(pid), "--rate",
-                             "200", "--format", "raw", "--nonblocking", "-o", str(out)],
+                             "200", "--format", "raw", *mode, "-o", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
@@ -254,3 +257,50 @@ def top_frames(collapsed: Path, n: int = 25) -> list[tuple[str, float, float]]:
             total[frame] = total.get(frame, 0) + k
     rows = sorted(own, key=lambda f: own[f], reverse=True)[:n]
     return [(f, 100 * own[f] / samples, 100 * total[f] / samples) for f in rows]
+
+
+#: Where a sample of the server belongs: the first area one of whose frames is in its stack
+#: (the upstream's frames of this release, and of httpx's own client before it).
+PROFILE_AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("upstream: request and response head",
+     ("StreamingTransport.handle_async_request", "AsyncClient.send",
+      "AsyncHTTPTransport.handle_async_request")),
+    ("upstream: body (h11, reads, pacing)",
+     ("ResponseBody.__aiter__", "Response.aiter_raw", "AsyncResponseStream.__aiter__")),
+    ("upstream: SSE and JSON of the events", ("UpstreamClient._read_events",)),
+    ("upstream: other", ("UpstreamClient.stream",)),
+    ("socket writer (frames out: Quart, Hypercorn, wsproto)", ("ChatSocket._writer",)),
+    ("session actor", ("Actor._loop",)),
+    ("socket edge (handshake, key check, reader)", ("chat_socket",)),
+    ("Hypercorn reading sockets", ("TCPServer._read_data",)),
+    ("Hypercorn other", ("TCPServer.run",)),
+)
+_IDLE_LEAVES = ("EpollIOManager.get_events", "select (selectors.py", "WorkerThread._work",
+                "Condition.wait", "_wait_for_tstate_lock", "Lock.acquire")
+
+
+def profile_areas(collapsed: Path) -> list[tuple[str, float]]:
+    """(area, % of the busy samples) of a py-spy collapsed file of the server: ``PROFILE_AREAS``
+    in Trio's thread, the storage bridge's asyncio thread, and the rest of Trio's thread (its
+    scheduler, timers, other tasks). Samples of an idle thread are left out."""
+    counts: dict[str, int] = {}
+    busy = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[-1].startswith(_IDLE_LEAVES) or any(f in frames[-1] for f in _IDLE_LEAVES):
+            continue
+        k = int(count)
+        busy += k
+        if "bridge.py" in stack:
+            area = "storage bridge thread (redis-py, SQLAlchemy on asyncio)"
+        elif "trio_worker" not in stack and "run (trio/_core/_run.py" not in stack:
+            area = "other threads, or a stack py-spy could not unwind"
+        else:
+            area = next((name for name, marks in PROFILE_AREAS
+                         if any(mark in stack for mark in marks)),
+                        "Trio's scheduler, timers, other tasks")
+        counts[area] = counts.get(area, 0) + k
+    return sorted(((a, 100 * n / busy) for a, n in counts.items()), key=lambda r: -r[1])

@@ -58,6 +58,7 @@ from scripts.bench_common import (
     main_thread_cpu_seconds,
     print_dist,
     proc_status,
+    profile_areas,
     py_spy,
     top_frames,
 )
@@ -281,7 +282,7 @@ async def connect_phase(stack: Stack, users: Sequence[Credentials],
     rss0 = proc_status(pid)
     with collector_paused():
         async with trio.open_nursery() as nursery:
-            with py_spy(pid, args.py_spy_connect):
+            with py_spy(pid, args.py_spy_connect, blocking=args.py_spy_blocking):
                 if args.py_spy_connect:
                     await trio.sleep(PY_SPY_ATTACH)
                 cpu0 = cpu_seconds(pid)
@@ -352,7 +353,7 @@ async def answer_phase(stack: Stack, users: Sequence[Credentials],
         await holder.start(nursery)
         await holder.settled.wait()
         await trio.sleep(1)  # the sessions' start-up stays out of the measurement
-        with py_spy(pid, args.py_spy):
+        with py_spy(pid, args.py_spy, blocking=args.py_spy_blocking):
             if args.py_spy:
                 await trio.sleep(PY_SPY_ATTACH)
             with collector_paused():
@@ -377,6 +378,9 @@ def print_profile(path: Path | None, title: str) -> None:
         print(f"\nserver profile, {title} (py-spy, self % / total %):")
         for name, own, total in top_frames(path):
             print(f"  {own:5.1f} {total:5.1f}  {name[:150]}")
+        print(f"\nwhere the server's busy samples went, {title}:")
+        for area, share in profile_areas(path):
+            print(f"  {share:5.1f} %  {area}")
 
 
 def report(c: ConnectResult, a: AnswerResult, args: argparse.Namespace) -> None:
@@ -461,6 +465,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--py-spy", type=Path, help="profile the server during the answer phase into "
                    "this collapsed-stack file and print its busiest functions")
     p.add_argument("--py-spy-connect", type=Path, help="the same for the connect phase")
+    p.add_argument("--py-spy-blocking", action="store_true",
+                   help="py-spy pauses the server for each sample: whole stacks (the areas "
+                   "summary needs them), but the measured CPU is then higher")
     p.add_argument("--json", type=Path, help="write the numbers here")
     return p
 

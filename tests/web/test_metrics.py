@@ -105,7 +105,7 @@ async def test_metrics_count_exactly_what_a_short_load_did(db_settings: Settings
         assert delta_total(after, before, "chat_limit_refusals_total") == 1
         assert delta_total(after, before, "chat_storage_seconds_count", store="redis") > 0
         assert delta(after, before, "chat_storage_seconds_count", store="redis",
-                     op="transaction") > 0  # the context store's changes
+                     op="batch") > 0  # the context store's loads and changes: batched scripts
         assert delta_total(after, before, "chat_storage_seconds_count", store="sql") > 0
         assert ("chat_forwarded_messages_total", frozenset()) in after
         assert value(after, "chat_forwarded_messages_total") == 0
