@@ -1,8 +1,9 @@
 """What the benchmarks share: a mock upstream and a chat server in their own processes.
 
 ``bench_stack()`` creates a fresh MariaDB database (migrated), starts
-``python -m scripts.mock_upstream`` and ``hypercorn --worker-class trio web.asgi:app`` (the
-production entry point) on free 127.0.0.1 ports, waits until ``/health/ready`` answers, and on
+``python -m scripts.mock_upstream`` and the server, ``python -m scripts.serve`` (what ``make
+run`` runs; with several workers ``hypercorn --worker-class trio --workers N web.asgi:app``)
+on free 127.0.0.1 ports, waits until ``/health/ready`` answers, and on
 exit stops both, drops the database and deletes the run's Redis keys. The load generator is the
 calling process, so client, server and upstream CPU are three separate processes.
 """
@@ -190,16 +191,19 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
             # Several workers on one prefix: valid only where no session is wanted by two.
             "SERVER_LEASE": "true" if server_workers == 1 else "false", **(env or {}),
         }
-        server = subprocess.Popen(
-            [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog", str(backlog),
-             "--workers", str(server_workers),
-             "-b", f"127.0.0.1:{port}", "web.asgi:app"],
-            cwd=ROOT, env=server_env, stdout=out, stderr=out)
+        if server_workers == 1:  # what `make run` runs
+            command = [sys.executable, "-m", "scripts.serve"]
+            server_env.update(HOST="127.0.0.1", PORT=str(port), LISTEN_BACKLOG=str(backlog))
+        else:
+            command = [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog",
+                       str(backlog), "--workers", str(server_workers),
+                       "-b", f"127.0.0.1:{port}", "web.asgi:app"]
+        server = subprocess.Popen(command, cwd=ROOT, env=server_env, stdout=out, stderr=out)
         procs.append(server)
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url + "/health/ready", server)
-        yield Stack(url=url, mock_url=f"http://127.0.0.1:{mock_port}",
-                    server_pids=worker_pids(server.pid, server_workers),
+        pids = (server.pid,) if server_workers == 1 else worker_pids(server.pid, server_workers)
+        yield Stack(url=url, mock_url=f"http://127.0.0.1:{mock_port}", server_pids=pids,
                     mock_pid=mock.pid)
     finally:
         for proc in reversed(procs):

@@ -29,6 +29,12 @@ from core.settings import Settings, load_settings
 MOCK_PORT = int(os.environ.get("MOCK_UPSTREAM_PORT", "8001"))
 OPENAI = "api.openai.com"
 
+ACCEPT_LOOPS = 16
+"""Accept loops on the one listening socket. Trio's ``serve_listeners`` (Hypercorn's) accepts
+one connection per listener per scheduler turn, and a process busy streaming answers takes tens
+of milliseconds a turn: with one listener a storm of 1,000 connects queued for 15-30 s. Each
+loop is a dup of the socket's descriptor, bound by Hypercorn as ``fd://N``."""
+
 # The start commands themselves live in one place: scripts/start_services.sh (CI runs it too).
 HOW_TO_START = "start it with `bash scripts/start_services.sh` (or `docker compose up -d db cache`)"
 
@@ -39,6 +45,39 @@ def _reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound (as Hypercorn binds: SO_REUSEADDR), not yet listening: Hypercorn calls listen
+    with the backlog on each of its descriptors."""
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def accept_binds(sock: socket.socket, loops: int = ACCEPT_LOOPS) -> list[str]:
+    """``fd://`` binds for Hypercorn: ``loops`` descriptors of ``sock`` (theirs to close)."""
+    return [f"fd://{os.dup(sock.fileno())}" for _ in range(loops)]
+
+
+class _FirstRunningLine(logging.Filter):
+    """Hypercorn logs "Running on ..." once per descriptor: keep the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Running on "):
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
 
 
 def bind_problem(host: str, port: int) -> str | None:
@@ -121,10 +160,12 @@ async def _main(settings: Settings) -> None:
                 print(f"OPENAI_API_KEY is not set: requests to {settings.openai_base_url} carry "
                       "no key", flush=True)
             config = Config()
-            config.bind = [f"{settings.host}:{settings.port}"]
+            with listening_socket(settings.host, settings.port) as sock:
+                config.bind = accept_binds(sock)
             config.backlog = settings.listen_backlog
             config.accesslog = None  # our request log replaces it (and never logs access keys)
             config.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
+            config.errorlog.addFilter(_FirstRunningLine())
             # Frames up to MAX_FRAME_BYTES get a clear too_long error from the chat edge; far
             # larger ones are not even buffered: Hypercorn closes the socket (1009).
             config.websocket_max_message_size = max(settings.max_frame_bytes * 16, 1 << 20)

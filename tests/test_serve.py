@@ -13,9 +13,8 @@ from pathlib import Path
 
 import redis
 
-from tests.tools import require_tool
-
 from core.settings import Settings
+from tests.tools import require_tool
 from tests.web.conftest_page import Proc, free_port, start_proc, wait_http
 
 MOCK_LINE = "answers come from the mock upstream"
@@ -106,3 +105,25 @@ def test_the_listen_backlog_is_the_setting_not_hypercorns_100(
                              check=True).stdout.split()
         assert out[0] == "LISTEN" and out[2] == "777", out
         stop(proc)
+
+
+def test_the_listening_socket_is_shared_by_several_accept_loops() -> None:
+    import socket as stdlib_socket
+
+    from scripts.serve import ACCEPT_LOOPS, accept_binds, listening_socket
+
+    with listening_socket("127.0.0.1", 0) as sock:
+        binds = accept_binds(sock)
+        port = sock.getsockname()[1]
+    fds = [int(b.removeprefix("fd://")) for b in binds]
+    listeners = [stdlib_socket.socket(fileno=fd) for fd in fds]  # they close the descriptors
+    try:
+        assert len(set(fds)) == ACCEPT_LOOPS > 1
+        listeners[0].listen(8)
+        with stdlib_socket.create_connection(("127.0.0.1", port), timeout=2):
+            listeners[-1].settimeout(2)
+            conn, _ = listeners[-1].accept()  # any descriptor accepts: one kernel socket
+            conn.close()
+    finally:
+        for listener in listeners:
+            listener.close()
