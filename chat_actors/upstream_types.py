@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+
+import orjson
 
 from core.errors import UpstreamError
 
@@ -103,8 +104,8 @@ def _usage(value: object) -> Usage | None:
 def parse_chunk(data: str) -> Chunk:
     """One ``data:`` payload of a ``chat.completion.chunk`` stream (not ``[DONE]``)."""
     try:
-        body = json.loads(data)
-    except ValueError as exc:
+        body = orjson.loads(data)
+    except ValueError as exc:  # orjson.JSONDecodeError is one
         raise UpstreamError(f"upstream sent a malformed chunk: {data[:80]!r}") from exc
     if not isinstance(body, dict):
         raise UpstreamError(f"upstream sent a malformed chunk: {data[:80]!r}")

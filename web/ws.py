@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import orjson
 import trio
 from quart import Blueprint, current_app, request, websocket
 from quart.wrappers import Response
@@ -288,16 +290,24 @@ class ChatSocket:
             await self.registry.send(self.session, self.outbox, text, self.key_id)
 
     async def _writer(self) -> None:
-        try:
-            while True:
-                frame = await self.outbox.next_frame()
-                with trio.move_on_after(OUTBOX_STUCK_SECONDS) as scope:
-                    await websocket.send(json.dumps(frame, ensure_ascii=False))
-                if scope.cancelled_caught:
-                    self.outbox.close("socket stuck: a send did not complete", drop=True)
-                    return
-        except OutboxClosed:
-            pass
+        """Frames out, in order. A send that does not complete within OUTBOX_STUCK_SECONDS
+        cuts the socket. One cancel scope for the whole loop, its deadline moved only when a
+        send starts after a wait (not per frame: while an answer streams, frames follow each
+        other and the bound stays within a second of OUTBOX_STUCK_SECONDS)."""
+        with trio.CancelScope() as scope:
+            try:
+                while True:
+                    if not self.outbox.pending:
+                        scope.deadline = math.inf  # waiting for a frame is not bounded
+                    frame = await self.outbox.next_frame()
+                    now = trio.current_time()
+                    if scope.deadline - now < OUTBOX_STUCK_SECONDS - 1:
+                        scope.deadline = now + OUTBOX_STUCK_SECONDS
+                    await websocket.send(orjson.dumps(frame).decode())
+            except OutboxClosed:
+                return
+        if scope.cancelled_caught:
+            self.outbox.close("socket stuck: a send did not complete", drop=True)
 
     async def _watch_close(self, cancel_scope: trio.CancelScope) -> None:
         """When the session cuts this socket, close the connection at once."""
