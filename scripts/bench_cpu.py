@@ -228,6 +228,24 @@ def parse_env(pairs: Sequence[str] | None) -> dict[str, str]:
     return env
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """The options bench_cpu and bench_storm share: server settings, timeouts, the JSON file."""
+    p.add_argument("--env", action="append", metavar="KEY=VALUE",
+                   help="a server setting (repeatable), e.g. DELTA_INTERVAL=0")
+    p.add_argument("--connect-timeout", type=float, default=30.0)
+    p.add_argument("--answer-timeout", type=float, default=60.0)
+    p.add_argument("--json", type=Path, help="write the numbers here")
+
+
+def write_json(args: argparse.Namespace, env: dict[str, str], data: dict[str, Any],
+               ok: bool) -> None:
+    """``data`` with the run's arguments, server settings and result, to ``--json``."""
+    if args.json:
+        args.json.write_text(json.dumps({
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "server_env": env, **data, "result": "OK" if ok else "FAIL"}, indent=1))
+
+
 async def warm_up(stack: Stack, users: Sequence[Credentials]) -> None:
     warm = await loadtest(LoadConfig(url=stack.url, sessions=20, messages=2, think=0.1),
                           MessagePlan(run_id="warm-" + secrets.token_hex(3)), users, duration=60)
@@ -436,11 +454,7 @@ async def bench(args: argparse.Namespace) -> int:
           and a.summary.unanswered == 0)
     print("RESULT: " + ("OK" if ok else f"FAIL ({c.failures + a.failures} failures, "
                                         f"{a.summary.unanswered} unanswered)"))
-    if args.json:
-        args.json.write_text(json.dumps({
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "server_env": env, "connect": c.to_json(), "answer": a.to_json(),
-            "result": "OK" if ok else "FAIL"}, indent=1))
+    write_json(args, env, {"connect": c.to_json(), "answer": a.to_json()}, ok)
     return 0 if ok else 1
 
 
@@ -458,17 +472,13 @@ def parser() -> argparse.ArgumentParser:
                    "are spread over")
     p.add_argument("--tokens", type=int, default=64, help="the mock's answer length")
     p.add_argument("--delay-ms", type=float, default=10.0, help="the mock's ms per token")
-    p.add_argument("--env", action="append", metavar="KEY=VALUE",
-                   help="a server setting (repeatable), e.g. DELTA_INTERVAL=0")
-    p.add_argument("--connect-timeout", type=float, default=30.0)
-    p.add_argument("--answer-timeout", type=float, default=60.0)
+    add_run_args(p)
     p.add_argument("--py-spy", type=Path, help="profile the server during the answer phase into "
                    "this collapsed-stack file and print its busiest functions")
     p.add_argument("--py-spy-connect", type=Path, help="the same for the connect phase")
     p.add_argument("--py-spy-blocking", action="store_true",
                    help="py-spy pauses the server for each sample: whole stacks (the areas "
                    "summary needs them), but the measured CPU is then higher")
-    p.add_argument("--json", type=Path, help="write the numbers here")
     return p
 
 

@@ -32,7 +32,6 @@ unanswered message; else ``RESULT: FAIL`` and exit status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import secrets
 import sys
@@ -48,10 +47,12 @@ from scripts.bench_common import Stack, bench_stack, cpu_seconds, print_dist, pr
 from scripts.bench_cpu import (
     PY_SPY_ATTACH,
     SocketHolder,
+    add_run_args,
     ms_dist,
     parse_env,
     print_profile,
     warm_up,
+    write_json,
 )
 from scripts.loadtest import loadtest, raise_open_files_limit
 from scripts.loadtest_client import Credentials, LoadConfig, collector_paused, provision_users
@@ -230,10 +231,7 @@ async def bench(args: argparse.Namespace) -> int:
         else:
             ok, data = await storm_chat(stack, users, args)
     print("RESULT: " + ("OK" if ok else "FAIL"))
-    if args.json:
-        args.json.write_text(json.dumps({
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "server_env": env, **data, "result": "OK" if ok else "FAIL"}, indent=1))
+    write_json(args, env, data, ok)
     return 0 if ok else 1
 
 
@@ -251,13 +249,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backlog", type=int, default=BACKLOG,
                    help=f"the server's listen backlog ({BACKLOG}, LISTEN_BACKLOG's default; "
                    "100 is Hypercorn's own)")
-    p.add_argument("--env", action="append", metavar="KEY=VALUE",
-                   help="a server setting (repeatable), e.g. DELTA_INTERVAL=0")
-    p.add_argument("--connect-timeout", type=float, default=30.0)
-    p.add_argument("--answer-timeout", type=float, default=60.0)
+    add_run_args(p)
     p.add_argument("--py-spy", type=Path, help="profile the server during the storm into this "
                    "collapsed-stack file and print its busiest functions")
-    p.add_argument("--json", type=Path, help="write the numbers here")
     return p
 
 
