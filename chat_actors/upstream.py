@@ -17,8 +17,8 @@ closed at once and the upstream sees the connection close.
 - Pacing: text goes out as one delta per network read, and at most about once per
   ``delta_interval`` (60 ms) while the answer streams quickly, so that several tokens leave as
   one frame; ``_Pacer`` says when text is held and when it never is.
-- Timeouts: ``upstream_connect_timeout`` (TCP connect, by httpx), ``upstream_first_byte_timeout``
-  (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; comments
+- Timeouts: ``upstream_connect_timeout`` (TCP connect and each write, by the transport),
+  ``upstream_first_byte_timeout`` (request sent → first SSE event), ``upstream_chunk_gap_timeout`` (between events; comments
   and keep-alives do not count as progress) → ``UpstreamTimeout``.
 - Retries, only while the current HTTP request has delivered no delta: connect / transport
   errors, 429 (``Retry-After`` honoured, capped at ``upstream_retry_after_cap``, default 8 s) and
@@ -315,9 +315,9 @@ def _extend(scope: trio.CancelScope, wait: float, *, exact: bool = False) -> Non
 
 class _Pacer:
     """Run before each network read of a response (``ResponseBody.before_read``): delivers
-    the text held from the reads before as one delta, then, while the answer streams quickly, waits until
-    ``interval`` after the last delivery, so that the tokens arriving meanwhile wait in the
-    kernel and come in with the next read, as one delta (one frame on the socket).
+    the text held from the reads before as one delta, then, while the answer streams quickly,
+    waits until ``interval`` after the last delivery, so that the tokens arriving meanwhile
+    wait in the kernel and come in with the next read, as one delta (one frame on the socket).
 
     The first delta of a request goes out as soon as its read is used up; a token arriving
     ``interval`` or more after the last delivery (a slow model, a pause) goes out as soon as

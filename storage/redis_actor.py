@@ -11,8 +11,9 @@ Cancellation: a caller cancelled while its command is only queued marks it cance
 never sent. Once sent, the batch runs whole (the caller just stops waiting): a single Redis
 command is atomic, so nothing is half-written, but the result of a destructive read (LPOP,
 GETDEL, ...) is then lost: see ``execute`` for the LMOVE pattern. Scripts (``eval``) are
-batched too; ``transaction`` and ``blocking`` cross on their own; ``blocking`` uses its own pool without socket timeout, and when cancelled redis-py
-drops that connection so the server forgets the BLPOP (it cannot steal a later message).
+batched too; ``transaction`` and ``blocking`` cross on their own; ``blocking`` uses its own
+pool without socket timeout, and when cancelled redis-py drops that connection so the server
+forgets the BLPOP (it cannot steal a later message).
 
 Errors are mapped in one place, ``storage.errors.map_redis_error``. A call that meets a dead
 connection (Redis restarted since the connection was opened: redis-py's ``ConnectionError``) is
