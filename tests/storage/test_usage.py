@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import date
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -60,11 +61,7 @@ async def test_concurrent_records_and_flushes_are_exact(redis_actor: RedisActor,
         for w in writers:  # three writers (as three processes) race with the records
             nursery.start_soon(flushing, w)
         for seed in range(4):
-            part = await _record_many(counter, 100, seed)
-            for k, v in part.items():
-                row = expected.setdefault(k, [0, 0, 0])
-                for i in range(3):
-                    row[i] += v[i]
+            _add(expected, await _record_many(counter, 100, seed))
     assert await writers[0].flush()
     assert await _in_sql(sql_actor) == expected
     assert sum(v[0] for v in expected.values()) == 400
@@ -80,10 +77,7 @@ async def test_a_writer_that_dies_mid_batch_loses_and_doubles_nothing(
     assert claimed is not None
     more = await _record_many(counter, 30, 2)  # counted meanwhile, outside the batch
     await UsageWriter(redis_actor, sql_actor, every=1).flush()
-    for k, v in more.items():
-        row = expected.setdefault(k, [0, 0, 0])
-        for i in range(3):
-            row[i] += v[i]
+    _add(expected, more)
     assert await _in_sql(sql_actor) == expected
 
     # Died after its transaction committed, before deleting the batch: not written again.
@@ -93,10 +87,7 @@ async def test_a_writer_that_dies_mid_batch_loses_and_doubles_nothing(
     assert await sql_actor.run(write_batch(*claimed))
     assert not await sql_actor.run(write_batch(*claimed))  # the id commits once
     await UsageWriter(redis_actor, sql_actor, every=1).flush()
-    for k, v in extra.items():
-        row = expected.setdefault(k, [0, 0, 0])
-        for i in range(3):
-            row[i] += v[i]
+    _add(expected, extra)
     assert await _in_sql(sql_actor) == expected
     assert await dead.claim() is None  # nothing left in Redis
     rows = [r for u in (1, 2) for r in await sql_actor.run(read_usage(u, date(2026, 1, 1)))]
@@ -117,3 +108,11 @@ async def test_many_days_and_users_go_in_several_batches(redis_actor: RedisActor
         rows = await sql_actor.run(read_usage(user, date(2026, 11, 1)))
         assert [(r.day.day, r.key_id, r.requests, r.prompt_tokens, r.answer_tokens)
                 for r in rows] == [(d, 0, 1, user, 2) for d in (30, 1, 2)]
+
+
+def _add(into: dict[Any, list[int]], more: dict[Any, list[int]]) -> None:
+    """Add ``more``'s counts to ``into``, row by row."""
+    for k, v in more.items():
+        row = into.setdefault(k, [0, 0, 0])
+        for i in range(3):
+            row[i] += v[i]
