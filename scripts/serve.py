@@ -84,16 +84,12 @@ def bind_problem(host: str, port: int) -> str | None:
     """Why the server could not listen there (taken, not allowed, not an address of this host),
     or None. Checked before anything starts: Hypercorn binds only after the app's start-up, and
     fails then with a traceback (a crash that could leave the server lease behind)."""
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Hypercorn binds
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return "the port is taken (another server running?): stop it or set PORT"
-            return exc.strerror or str(exc)
+    try:
+        listening_socket(host, port).close()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "the port is taken (another server running?): stop it or set PORT"
+        return exc.strerror or str(exc)
     return None
 
 
