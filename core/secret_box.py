@@ -109,10 +109,15 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 def _b64decode(text: str) -> bytes:
-    """Unpadded base64url, strictly: any other character is an error (not skipped)."""
+    """Unpadded base64url, strictly: any other character is an error (not skipped), and so is
+    a non-canonical last character (its unused low bits set: it would decode to the same bytes,
+    so an altered value would still open)."""
     if not _B64URL.fullmatch(text):
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != text:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 class SecretBox:
