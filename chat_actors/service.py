@@ -1,4 +1,4 @@
-"""Opens the chat side of the server: server lease, upstream pool, context store, registry.
+"""Opens the chat side of the server: upstream pool, context store, registry.
 
     async with open_chat(settings, storage) as chat:
         ref = await chat.registry.attach(user_id, room, outbox)
@@ -18,7 +18,6 @@ import trio
 
 from chat_actors.chat_limits import ChatLimits
 from chat_actors.registry import SessionRegistry
-from chat_actors.server_lease import ServerLease, lease_seconds
 from chat_actors.session_commands import CommandRunner
 from chat_actors.session_deps import SessionDeps
 from chat_actors.tokens import preload
@@ -135,41 +134,31 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
     store = ContextStore(storage.redis, ttl_seconds=settings.context_ttl_seconds,
                          default_model=settings.default_model)
     rooms = RoomHooks(storage)
-    lease = None
-    if settings.server_lease:
-        lease = ServerLease(storage.redis, lease_seconds(settings.redis_timeout))
-    try:
-        if lease is not None:
-            await lease.take()  # before anything starts: a second process stops here
-        async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
-            limits = ChatLimits.from_settings(storage.redis, settings)
-            deps = SessionDeps(settings=settings, store=store, upstream=upstream,
-                               commands=CommandRunner(), rooms=rooms, limits=limits)
-            registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
-            usage = UsageWriter(storage.redis, storage.sql, every=settings.usage_flush_seconds)
-            async with trio.open_nursery() as nursery:
-                if lease is not None:
-                    nursery.start_soon(lease.keep)
-                await nursery.start(rooms.run)
-                await nursery.start(registry.run)
-                await nursery.start(usage.run)
-                # Build the default model's tokenizer now (~1 s, in a thread), not on the first
-                # message a user sends.
-                nursery.start_soon(_warm_tokenizer, settings.default_model)
-                try:
-                    yield Chat(settings=settings, registry=registry, store=store,
-                               upstream=upstream, rooms=rooms, translator=translator,
-                               limits=limits, usage=usage)
-                finally:
-                    await registry.stop()
-                    with trio.move_on_after(2) as scope:
-                        scope.shield = True
-                        await rooms.flush()
-                        try:  # what the stopped sessions counted; else the next start does
-                            await usage.flush(wait=1)
-                        except StorageError as exc:
-                            log.warning("usage not written at shutdown: %s", exc)
-                    nursery.cancel_scope.cancel()
-    finally:
-        if lease is not None:  # after the sessions stopped (or a refused start: if ours)
-            await lease.release()
+    async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
+        limits = ChatLimits.from_settings(storage.redis, settings)
+        deps = SessionDeps(settings=settings, store=store, upstream=upstream,
+                           commands=CommandRunner(), rooms=rooms, limits=limits)
+        registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
+        usage = UsageWriter(storage.redis, storage.sql, every=settings.usage_flush_seconds)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rooms.run)
+            await nursery.start(registry.run)
+            await nursery.start(usage.run)
+            # Build the default model's tokenizer now (~1 s, in a thread), not on the first
+            # message a user sends.
+            nursery.start_soon(_warm_tokenizer, settings.default_model)
+            try:
+                yield Chat(settings=settings, registry=registry, store=store,
+                           upstream=upstream, rooms=rooms, translator=translator,
+                           limits=limits, usage=usage)
+            finally:
+                await registry.stop()
+                with trio.move_on_after(2) as scope:
+                    scope.shield = True
+                    await rooms.flush()
+                    try:  # what the stopped sessions counted; else the next start does
+                        await usage.flush(wait=1)
+                    except StorageError as exc:
+                        log.warning("usage not written at shutdown: %s", exc)
+                nursery.cancel_scope.cancel()
+

@@ -70,12 +70,6 @@ class SecretUndecryptable(ChatServerError):
         self.reason = reason
 
 
-class ServerLeaseHeld(ChatServerError):
-    """Another server process serves the same Redis prefix (sessions cannot be shared yet)."""
-
-    code = "server_lease_held"
-
-
 class StorageError(ChatServerError):
     """A storage operation failed."""
 

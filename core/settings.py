@@ -162,10 +162,14 @@ class Settings(BaseSettings):
                     "default of 100 refused handshakes in a storm of 1,000 connects; Linux caps "
                     "it at net.core.somaxconn, 4096 by default)")
 
-    server_lease: bool = Field(
-        True, description="hold the Redis prefix's server lease: a second server process on the "
-        "same prefix stops at start-up, as sessions cannot be shared between processes yet; "
-        "off only where no session is ever wanted by two processes (a benchmark)")
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="worker processes `make run` starts on the one listening socket; each is a "
+                    "whole server, and they share sessions through Redis like separate hosts")
+    session_lease_seconds: float = Field(
+        5.0, ge=0.5, le=120,
+        description="how long a process owns a session without renewing its lease in Redis: "
+                    "after a process dies, another takes its sessions over within this time")
 
     # Translation (off unless TRANSLATOR_URL is set)
     translator_url: str | None = None

@@ -188,8 +188,7 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
             "LOGIN_FAILURES_PER_EMAIL": "0", "LOGIN_ATTEMPTS_PER_IP": "0",
             "REGISTRATIONS_PER_IP": "0",
             "WS_CONNECTIONS_PER_KEY": "0",
-            # Several workers on one prefix: valid only where no session is wanted by two.
-            "SERVER_LEASE": "true" if server_workers == 1 else "false", **(env or {}),
+            **(env or {}),
         }
         if server_workers == 1:  # what `make run` runs
             command = [sys.executable, "-m", "scripts.serve"]

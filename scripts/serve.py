@@ -4,7 +4,7 @@ Runs in the foreground on Hypercorn's trio worker. Stops with one clear line whe
 invalid (exit 2), MariaDB / Redis cannot be reached (exit 3, saying how to start them) or
 MariaDB refuses the start-up work: login, bootstrap, migrations (exit 4, with MariaDB's reason),
 or the server does not start (exit 5: it cannot listen on HOST:PORT, or after the logged
-reason: another server process serves the same Redis prefix, say, or Redis went away after the
+reason: Redis went away after the
 check). SIGINT and SIGTERM shut it down gracefully; a second one stops it at once.
 Logging is configured first (``web.logging_setup``): JSON access lines on stdout.
 """
@@ -83,7 +83,7 @@ class _FirstRunningLine(logging.Filter):
 def bind_problem(host: str, port: int) -> str | None:
     """Why the server could not listen there (taken, not allowed, not an address of this host),
     or None. Checked before anything starts: Hypercorn binds only after the app's start-up, and
-    fails then with a traceback (a crash that could leave the server lease behind)."""
+    fails then with a traceback."""
     try:
         listening_socket(host, port).close()
     except OSError as exc:
@@ -117,7 +117,7 @@ async def until_stop_signal(signals: AsyncIterator[int], nursery: trio.Nursery,
                             app: object) -> None:
     """Returns at the first SIGINT or SIGTERM (what docker, systemd and Ctrl-C send), once the
     chat edge is drained (``web.drain``: answers finish or are stored partial, every socket
-    gets its close frame); Hypercorn then shuts down (the lease released). A second signal
+    gets its close frame); Hypercorn then shuts down. A second signal
     cancels everything at once."""
     from web.drain import drain_chat
 
@@ -142,7 +142,7 @@ async def _main(settings: Settings) -> None:
     from scripts.mock_upstream import serve_mock_upstream
     from web.app import create_app
 
-    # Open from the start: a signal during start-up (the lease wait, say) is queued, and the
+    # Open from the start: a signal during start-up is queued, and the
     # server shuts down gracefully as soon as it is up, instead of dying half-started.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

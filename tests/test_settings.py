@@ -261,30 +261,6 @@ def test_run_command_says_why_mariadb_refused_start_up() -> None:
     assert "wrong-pass-4242" not in result.stderr
 
 
-def test_run_command_stops_when_another_process_serves_the_prefix(db_settings: Settings) -> None:
-    """Takes one lease time (10 s): a second process waits that long for a crashed holder's."""
-    import redis
-
-    from tests.web.conftest_page import free_port
-
-    client = redis.Redis.from_url(db_settings.redis_url)
-    key = db_settings.redis_key_prefix + "server-lease"
-    client.set(key, "elsewhere pid 1 (test)", px=60_000)
-    try:
-        result = run_serve({"REDIS_KEY_PREFIX": db_settings.redis_key_prefix,
-                            "REDIS_TIMEOUT": "1",  # the shortest lease: 10 s
-                            "DATABASE_URL": str(db_settings.database_url),
-                            "OPENAI_API_KEY": "sk-test", "PORT": str(free_port()),
-                            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
-    finally:
-        client.delete(key)
-        client.close()
-    assert result.returncode == 5, result.stderr[-2000:]
-    assert "another server process (elsewhere pid 1 (test)) serves Redis prefix" in result.stderr
-    assert result.stderr.strip().endswith("error: the server did not start (its log above "
-                                          "says why)")
-
-
 def test_run_command_says_when_its_port_is_taken() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

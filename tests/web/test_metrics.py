@@ -12,7 +12,7 @@ from tests.metrics_scrape import TOKEN, Samples, scrape, scrape_until, total, va
 
 async def test_only_the_metrics_token_opens_metrics(db_settings: Settings,
                                                     redis_actor: object) -> None:
-    async with running_server(db_settings, server_lease=False) as server, \
+    async with running_server(db_settings) as server, \
             httpx.AsyncClient(base_url=server.url) as http:  # no METRICS_TOKEN: metrics off
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer"}):
             response = await http.get("/metrics", headers=headers)
