@@ -7,6 +7,11 @@ or the server does not start (exit 5: it cannot listen on HOST:PORT, or after th
 reason: Redis went away after the
 check). SIGINT and SIGTERM shut it down gracefully; a second one stops it at once.
 Logging is configured first (``web.logging_setup``): JSON access lines on stdout.
+
+``WORKERS=N`` (N > 1): this process does the checks, the migration, the bind and the mock
+upstream once, then serves through N worker processes (``scripts.serve_workers``), each
+``python -m scripts.serve --worker I/N``: the same server as one process, on the inherited
+socket, without the once-per-server work.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import trio
 
 from core.errors import ConfigError, StorageError
 from core.settings import Settings, load_settings
+from scripts.serve_workers import Worker, run_workers
 
 MOCK_PORT = int(os.environ.get("MOCK_UPSTREAM_PORT", "8001"))
 OPENAI = "api.openai.com"
@@ -114,16 +120,21 @@ def needs_mock_upstream(settings: Settings) -> bool:
 
 
 async def until_stop_signal(signals: AsyncIterator[int], nursery: trio.Nursery,
-                            app: object) -> None:
+                            app: object, worker: Worker | None = None) -> None:
     """Returns at the first SIGINT or SIGTERM (what docker, systemd and Ctrl-C send), once the
     chat edge is drained (``web.drain``: answers finish or are stored partial, every socket
     gets its close frame); Hypercorn then shuts down. A second signal
-    cancels everything at once."""
+    cancels everything at once, except in a worker process: its parent stops it at once with
+    SIGKILL, and a worker may well get the first signal twice (from its parent and from
+    systemd's stop of the whole control group): it drains once."""
     from web.drain import drain_chat
 
+    who = f"{worker.label}: " if worker else ""
     async for signum in signals:
-        print(f"{signal.Signals(signum).name}: shutting down (again to stop at once)", flush=True)
-        nursery.start_soon(_stop_at_second_signal, signals, nursery.cancel_scope)
+        again = "" if worker else " (again to stop at once)"
+        print(f"{who}{signal.Signals(signum).name}: shutting down{again}", flush=True)
+        if worker is None:
+            nursery.start_soon(_stop_at_second_signal, signals, nursery.cancel_scope)
         await drain_chat(app)
         return
 
@@ -135,28 +146,43 @@ async def _stop_at_second_signal(signals: AsyncIterator[int], scope: trio.Cancel
         return
 
 
-async def _main(settings: Settings) -> None:
+async def start_upstream(nursery: trio.Nursery, settings: Settings) -> Settings:
+    """The mock upstream in ``nursery`` when it must stand in (``needs_mock_upstream``); the
+    settings with its URL. Once per server: with several workers, in their parent."""
+    from scripts.mock_upstream import serve_mock_upstream
+
+    if needs_mock_upstream(settings):
+        port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", MOCK_PORT))
+        base_url = f"http://127.0.0.1:{port}/v1"
+        settings = settings.model_copy(update={"openai_base_url": base_url})
+        print(f"OPENAI_API_KEY is not set (and OPENAI_BASE_URL is OpenAI's): answers "
+              f"come from the mock upstream at {base_url}", flush=True)
+    elif not settings.openai_api_key:
+        print(f"OPENAI_API_KEY is not set: requests to {settings.openai_base_url} carry "
+              "no key", flush=True)
+    return settings
+
+
+async def _main(settings: Settings, worker: Worker | None = None) -> None:
+    """The server: the whole of it, or one worker process of several (``worker``: the upstream
+    is its parent's, the listening socket inherited)."""
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    from scripts.mock_upstream import serve_mock_upstream
     from web.app import create_app
 
     # Open from the start: a signal during start-up is queued, and the
     # server shuts down gracefully as soon as it is up, instead of dying half-started.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            if needs_mock_upstream(settings):
-                port = await nursery.start(partial(serve_mock_upstream, "127.0.0.1", MOCK_PORT))
-                base_url = f"http://127.0.0.1:{port}/v1"
-                settings = settings.model_copy(update={"openai_base_url": base_url})
-                print(f"OPENAI_API_KEY is not set (and OPENAI_BASE_URL is OpenAI's): answers "
-                      f"come from the mock upstream at {base_url}", flush=True)
-            elif not settings.openai_api_key:
-                print(f"OPENAI_API_KEY is not set: requests to {settings.openai_base_url} carry "
-                      "no key", flush=True)
+            if worker is None:
+                settings = await start_upstream(nursery, settings)
+                sock = listening_socket(settings.host, settings.port)
+            else:
+                nursery.start_soon(worker.watch_parent)
+                sock = worker.listening_socket()
             config = Config()
-            with listening_socket(settings.host, settings.port) as sock:
+            with sock:
                 config.bind = accept_binds(sock)
             config.backlog = settings.listen_backlog
             config.accesslog = None  # our request log replaces it (and never logs access keys)
@@ -167,14 +193,16 @@ async def _main(settings: Settings) -> None:
             config.websocket_max_message_size = max(settings.max_frame_bytes * 16, 1 << 20)
             config.graceful_timeout = 5
             app = create_app(settings, tune_gc=True)
+            where = f" ({worker.label})" if worker else ""
             print(f"serving on http://localhost:{settings.port} (chat page: /chatgpt, docs: "
-                  "/docs)", flush=True)
+                  f"/docs){where}", flush=True)
             await serve(app, config, mode="asgi",
-                        shutdown_trigger=partial(until_stop_signal, signals, nursery, app))
+                        shutdown_trigger=partial(until_stop_signal, signals, nursery, app, worker))
             nursery.cancel_scope.cancel()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    worker = Worker.from_argv(sys.argv[1:] if argv is None else argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -182,7 +210,9 @@ def main() -> int:
         return 2
     from web.logging_setup import configure_logging
 
-    configure_logging(settings)
+    configure_logging(settings, worker.label if worker else "")
+    if worker is not None:  # its parent did the once-per-server work
+        return _serve(settings, worker)
     problems = check_services(settings)
     if problems:
         for line in problems:
@@ -203,10 +233,29 @@ def main() -> int:
         print(f"error: MariaDB at {db.hostname}:{db.port or 3306} refused start-up: "
               f"{sql_reason(exc)}", file=sys.stderr)
         return 4
+    if settings.workers > 1:
+        return _serve_workers(settings)
+    return _serve(settings, None)
+
+
+def _serve_workers(settings: Settings) -> int:
+    try:
+        sock = listening_socket(settings.host, settings.port)
+    except OSError as exc:  # taken since bind_problem looked
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 5
+    with sock:
+        try:
+            return run_workers(settings, sock, start_upstream)
+        except KeyboardInterrupt:  # before the signal receiver was open
+            return 130
+
+
+def _serve(settings: Settings, worker: Worker | None) -> int:
     from hypercorn.utils import LifespanFailureError, LifespanTimeoutError
 
     try:
-        trio.run(_main, settings)
+        trio.run(_main, settings, worker)
     except KeyboardInterrupt:  # before the signal receiver was open
         return 130
     except BaseExceptionGroup as group:

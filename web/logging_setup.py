@@ -35,11 +35,14 @@ def _replace(logger: logging.Logger, handler: logging.Handler) -> None:
     logger.addHandler(handler)
 
 
-def configure_logging(settings: Settings) -> None:
-    """JSON access lines to stdout at INFO; everything else to stderr at ``LOG_LEVEL``."""
+def configure_logging(settings: Settings, tag: str = "") -> None:
+    """JSON access lines to stdout at INFO; everything else to stderr at ``LOG_LEVEL``, each
+    line with ``tag`` (a worker process's name, ``worker 2/4 pid N``) when there is one."""
     root = logging.getLogger()
     root.setLevel(settings.log_level)
-    _replace(root, _handler(sys.stderr, "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    where = tag.replace("%", "%%") + " " if tag else ""
+    _replace(root, _handler(sys.stderr,
+                            f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
 
     # Alembic narrates every plugin and step at INFO: only its warnings, unless debugging.
     level: int = logging.getLevelNamesMapping()[settings.log_level]
