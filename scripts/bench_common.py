@@ -2,7 +2,7 @@
 
 ``bench_stack()`` creates a fresh MariaDB database (migrated), starts
 ``python -m scripts.mock_upstream`` and the server, ``python -m scripts.serve`` (what ``make
-run`` runs; with several workers ``hypercorn --worker-class trio --workers N web.asgi:app``)
+run`` runs; with several workers ``WORKERS=N``: a parent and N worker processes)
 on free 127.0.0.1 ports, waits until ``/health/ready`` answers, and on
 exit stops both, drops the database and deletes the run's Redis keys. The load generator is the
 calling process, so client, server and upstream CPU are three separate processes.
@@ -96,33 +96,47 @@ def main_thread_cpu_seconds(pid: int) -> float:
 
 
 def worker_pids(pid: int, count: int = 1, timeout: float = 10.0) -> tuple[int, ...]:
-    """The processes that serve: Hypercorn's CLI runs its workers in child processes."""
+    """The processes that serve with ``WORKERS=N``: the children of ``scripts.serve``'s parent
+    process (each listed under the thread that started it), ``--worker`` on their command line."""
     deadline = time.monotonic() + timeout
     found: list[int] = []
     while time.monotonic() < deadline:
         found = []
         for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-                if b"resource_tracker" not in cmdline:
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:  # a thread that just ended
+                continue
+            for child in children:
+                try:
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                except OSError:  # just ended
+                    continue
+                if b"--worker" in cmdline:
                     found.append(int(child))
         if len(found) >= count:
-            return tuple(found)
+            return tuple(sorted(found))
         time.sleep(0.1)
-    raise RuntimeError(f"Hypercorn ({pid}) started {len(found)} of {count} worker processes")
+    raise RuntimeError(f"the server ({pid}) started {len(found)} of {count} worker processes")
 
 
 @dataclass(frozen=True)
 class Stack:
     url: str  # the chat server, http://127.0.0.1:PORT
     mock_url: str  # the mock upstream, http://127.0.0.1:PORT (no /v1)
-    server_pids: tuple[int, ...]  # the Hypercorn worker processes (RSS, CPU)
+    server_pids: tuple[int, ...]  # the processes that serve (RSS, CPU): one, or the workers
     mock_pid: int
+    parent_pid: int | None = None  # with several workers, their parent (~no CPU of its own)
 
     @property
     def server_pid(self) -> int:
         """The first (with one worker, the only) worker process."""
         return self.server_pids[0]
+
+    @property
+    def cpu_pids(self) -> tuple[int, ...]:
+        """Every process of the server, whose CPU (``cpu_seconds``) adds up to the server's."""
+        return self.server_pids + ((self.parent_pid,) if self.parent_pid is not None else ())
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -190,20 +204,22 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
             "WS_CONNECTIONS_PER_KEY": "0",
             **(env or {}),
         }
-        if server_workers == 1:  # what `make run` runs
-            command = [sys.executable, "-m", "scripts.serve"]
-            server_env.update(HOST="127.0.0.1", PORT=str(port), LISTEN_BACKLOG=str(backlog))
-        else:
-            command = [str(VENV_BIN / "hypercorn"), "--worker-class", "trio", "--backlog",
-                       str(backlog), "--workers", str(server_workers),
-                       "-b", f"127.0.0.1:{port}", "web.asgi:app"]
-        server = subprocess.Popen(command, cwd=ROOT, env=server_env, stdout=out, stderr=out)
+        # what `make run` runs; the database is migrated already (the server checks it again)
+        server_env.update(HOST="127.0.0.1", PORT=str(port), LISTEN_BACKLOG=str(backlog),
+                          WORKERS=str(server_workers))
+        server = subprocess.Popen([sys.executable, "-m", "scripts.serve"], cwd=ROOT,
+                                  env=server_env, stdout=out, stderr=out)
         procs.append(server)
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url + "/health/ready", server)
-        pids = (server.pid,) if server_workers == 1 else worker_pids(server.pid, server_workers)
+        pids: tuple[int, ...]
+        parent: int | None
+        if server_workers == 1:
+            pids, parent = (server.pid,), None
+        else:
+            pids, parent = worker_pids(server.pid, server_workers), server.pid
         yield Stack(url=url, mock_url=f"http://127.0.0.1:{mock_port}", server_pids=pids,
-                    mock_pid=mock.pid)
+                    mock_pid=mock.pid, parent_pid=parent)
     finally:
         for proc in reversed(procs):
             _stop(proc)

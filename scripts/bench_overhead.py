@@ -102,10 +102,10 @@ async def bench(args: argparse.Namespace) -> None:
                       messages_planned=args.sessions * args.messages, duration=elapsed)
 
         print(f"through the server: {args.sessions} WebSocket sessions x {args.messages}")
-        cpu0, t0 = _server_cpu(stack.server_pids), time.monotonic()
+        cpu0, t0 = _server_cpu(stack.cpu_pids), time.monotonic()
         with py_spy(stack.server_pid, args.py_spy):
             result = await loadtest(cfg, plan, users, duration=600)
-        cpu = (_server_cpu(stack.server_pids) - cpu0) / (time.monotonic() - t0)
+        cpu = (_server_cpu(stack.cpu_pids) - cpu0) / (time.monotonic() - t0)
         s = result.summary
 
     for name, summary in (("direct", d), ("server", s)):
@@ -113,7 +113,7 @@ async def bench(args: argparse.Namespace) -> None:
               f"(errors {summary.errors}, mismatches {summary.mismatches})")
         print_dist("first delta (ms)", summary.ttft_ms)
         print_dist("total (ms)", summary.total_ms)
-    print(f"server CPU during its phase ({args.server_workers} process(es)): {cpu:.0%} of one "
+    print(f"server CPU during its phase ({args.server_workers} worker(s)): {cpu:.0%} of one "
           f"core; frames/answer p50 {s.frames_per_answer.p50:.0f} (64 without coalescing)")
 
     for name, rec in (("direct", direct), ("server", result.recorder)):
@@ -147,11 +147,9 @@ def main() -> None:
     p.add_argument("--steady", action="store_true", help="open every session during the "
                    "ramp-up, then chat, each session starting at a random point of one think "
                    "time (the steady state, without the connection storm)")
-    p.add_argument("--server-workers", type=int, default=1, help="Hypercorn worker processes "
-                   "(default 1). Sessions are not shared across processes yet (see "
-                   "docs/architecture.md); this benchmark may use more, with SERVER_LEASE=false, "
-                   "because each of its sessions is one socket on a room of its own. CPU is "
-                   "summed over the workers; --py-spy profiles the first")
+    p.add_argument("--server-workers", type=int, default=1, help="the server's worker "
+                   "processes (WORKERS, default 1). CPU is summed over the workers and their "
+                   "parent; --py-spy profiles the first worker")
     p.add_argument("--ramp-up", type=float, default=5.0, help="seconds to start all sessions "
                    "(the same in both phases)")
     trio.run(bench, p.parse_args())

@@ -1,6 +1,6 @@
-"""``GET /metrics`` with two real Hypercorn worker processes (``--workers 2``, the production
-entry point, through ``scripts.bench_common``) sharing one ``METRICS_MULTIPROC_DIR``: whichever
-worker answers a scrape, it reports the sum over both."""
+"""``GET /metrics`` with two real worker processes (``make run``'s ``python -m scripts.serve``
+with ``WORKERS=2``, through ``scripts.bench_common``) sharing one ``METRICS_MULTIPROC_DIR``:
+whichever worker answers a scrape, it reports the sum over both."""
 
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def test_two_workers_report_the_sum_of_both(tmp_path: Path) -> None:
         assert not (directory / f"counter_{STALE_PID}.db").exists()  # wiped at start-up
         trio.run(drive, stack, directory)
         workers = stack.server_pids
-    # Hypercorn may end a worker before it marks itself dead (it terminates the others as soon
-    # as one exits): the next scrape, or the next start-up, marks the dead ones.
+    # Each worker drained and marked itself dead, and the parent took its own marker away; a
+    # worker that ended before it could would be marked by the next scrape or start-up.
     from core import metrics_dir
 
     assert set(metrics_dir.reap(directory)) <= set(workers)
