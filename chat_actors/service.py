@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from chat_actors.chat_limits import ChatLimits
+from chat_actors.cluster import Cluster, NodeLink, new_node_id
 from chat_actors.registry import SessionRegistry
 from chat_actors.session_commands import CommandRunner
 from chat_actors.session_deps import SessionDeps
@@ -27,7 +28,10 @@ from core.errors import StorageError
 from core.settings import Settings
 from storage import Storage
 from storage.context_store import ContextStore
+from storage.node_mail import NodeMail
 from storage.rooms import delete_room, touch_rooms
+from storage.session_inbox import SessionInbox
+from storage.session_leases import SessionLeases
 from storage.usage import UsageWriter
 
 
@@ -122,6 +126,22 @@ class Chat:
         await self.rooms.deleted(user_id)  # touches queued or in flight would re-create rows
 
 
+def open_cluster(settings: Settings, storage: Storage) -> Cluster:
+    """This process as a node: an id of its own, its leases, the inboxes and its mail."""
+    node = new_node_id()
+    lease_ms = int(settings.session_lease_seconds * 1000)
+    mail_ttl_ms = max(60_000, 10 * lease_ms)  # outlives a reader's pause, not its death
+    return Cluster(
+        node=node,
+        leases=SessionLeases(storage.redis, node=node,
+                             lease_seconds=settings.session_lease_seconds,
+                             fence_ttl=settings.context_ttl_seconds),
+        inbox=SessionInbox(storage.redis, ttl_seconds=settings.context_ttl_seconds,
+                           mail_ttl_ms=mail_ttl_ms),
+        link=NodeLink(NodeMail(storage.redis, ttl_ms=mail_ttl_ms), node),
+    )
+
+
 async def _warm_tokenizer(model: str) -> None:
     try:
         await preload([model])
@@ -137,7 +157,8 @@ async def open_chat(settings: Settings, storage: Storage) -> AsyncIterator[Chat]
     async with open_upstream(settings) as upstream, Translator.open(settings) as translator:
         limits = ChatLimits.from_settings(storage.redis, settings)
         deps = SessionDeps(settings=settings, store=store, upstream=upstream,
-                           commands=CommandRunner(), rooms=rooms, limits=limits)
+                           commands=CommandRunner(), rooms=rooms, limits=limits,
+                           cluster=open_cluster(settings, storage))
         registry = SessionRegistry(deps, test_hooks=settings.api_env == "test")
         usage = UsageWriter(storage.redis, storage.sql, every=settings.usage_flush_seconds)
         async with trio.open_nursery() as nursery:

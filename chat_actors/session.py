@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,13 +34,19 @@ from core.errors import (
     ChatServerError,
     ContextOverflow,
     LimitError,
+    SessionMoved,
+    SessionOwnedElsewhere,
     StorageError,
     StorageTimeout,
     StorageUnavailable,
     UpstreamContentFilter,
     UpstreamError,
 )
-from storage.context_store import Profile, Role, StoredMessage
+from storage.context_store import AnswerInProgress, Fence, Profile, Role, StoredMessage
+from storage.session_inbox import InboxEntry
+
+if TYPE_CHECKING:
+    from chat_actors.cluster import Cluster
 
 log = logging.getLogger("chat.session")
 
@@ -72,6 +80,9 @@ class UserInput:
     text: str
     #: The API key its socket authenticated with; None for a ticket socket (the chat page).
     key_id: int | None = None
+    #: Its entry in the session's inbox (``storage.session_inbox``), '' if it has none: it
+    #: leaves the inbox once handled.
+    entry: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,16 @@ class FlushUnsaved:
 
 
 @dataclass(frozen=True)
+class InboxPoke:
+    """Inputs are waiting in the session's inbox (sent by sockets of other processes)."""
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """Another process owns the session now: stop at once, writing nothing."""
+
+
+@dataclass(frozen=True)
 class CrashForTest:
     """Test-only fault hook: the registry refuses it unless test hooks are enabled."""
 
@@ -108,7 +129,7 @@ class Snapshot(Request["SessionSnapshot"]):
 
 
 SessionMsg = (Attach | Detach | UserInput | GenerationEnded | IdleTick | ResumeQueue
-              | FlushUnsaved | CrashForTest | Snapshot)
+              | FlushUnsaved | InboxPoke | LeaseLost | CrashForTest | Snapshot)
 
 
 @dataclass(frozen=True)
@@ -144,6 +165,8 @@ class Generation:
     model: str = ""
     #: When it was asked for (``trio.current_time()``): its first delta and end are timed from it.
     started: float = field(default_factory=trio.current_time)
+    #: How many of ``parts`` its mirror in Redis holds (``ContextStore.mirror_answer``).
+    mirrored: int = 0
 
     @property
     def text(self) -> str:
@@ -165,6 +188,11 @@ class Unsaved:
 UNSAVED_LIMIT = 32
 #: Seconds between write attempts while changes are kept (doubling up to the last).
 FLUSH_RETRY = (0.25, 0.5, 1.0, 2.0)
+#: Seconds between writes of the answer in progress to its mirror in Redis: what a process
+#: that takes over after the owner died stores as the partial answer lags by at most this.
+MIRROR_EVERY = 0.25
+#: Inputs left waiting in an inbox longer than this (no owner took them) are dropped unanswered.
+INBOX_MAX_AGE_SECONDS = 600
 
 
 @dataclass
@@ -181,6 +209,18 @@ class SessionSlot:
     incarnations: int = 0
     last_activity: float = 0.0  # a socket attached, left or spoke (the idle sweeper reads it)
     unsaved: Unsaved | None = None
+    #: This process and the other ones (leases, inboxes, remote sockets).
+    cluster: Cluster | None = None
+    #: The session's lease here: taken by the first incarnation, kept across restarts.
+    fence: Fence | None = None
+    #: The lease moved to another process: nothing more is written from here.
+    lost: bool = False
+    #: Set when the session stops here for good because it moved: local sockets attach again.
+    moved: trio.Event = field(default_factory=trio.Event)
+    #: The server is stopping: the session's queued inputs wait in its inbox for the next owner.
+    draining: bool = False
+    #: The last inbox entry read ('-': none yet).
+    inbox_seen: str = "-"
 
     def looks_idle(self, now: float, idle_seconds: float) -> bool:
         """Worth an ``IdleTick``: the session itself makes the final decision."""
@@ -215,6 +255,7 @@ class SessionActor(Actor[SessionMsg]):
         self.pending = slot.pending
         self._stopping = False
         self._input_key_id: int | None = None  # the key of the input being processed
+        self._input_entry = ""  # its inbox entry, until a stored change takes it along
         self._flush_scheduled = False
         self._flush_attempts = 0
 
@@ -227,22 +268,82 @@ class SessionActor(Actor[SessionMsg]):
         self.slot.generation = value
 
     # ------------------------------------------------------------ lifecycle
+    @property
+    def cluster(self) -> Cluster:
+        assert self.slot.cluster is not None
+        return self.slot.cluster
+
+    @property
+    def fence(self) -> Fence | None:
+        return self.slot.fence
+
     async def on_start(self) -> None:
+        if self.slot.fence is None:  # the first incarnation takes the lease
+            taken = await self.cluster.leases.acquire(self.key.user_id, self.key.room)
+            if taken.fence is None:
+                raise SessionOwnedElsewhere("the session is owned by another process",
+                                            owner=taken.holder)
+            self.slot.fence = taken.fence
         self.slot.incarnations += 1
+        interrupted = None
         if self.slot.unsaved is not None:  # newer than Redis: go on from it, write it soon
             kept = self.slot.unsaved
             self.profile, self.messages, self.next_id = kept.profile, kept.messages, kept.next_id
             self._schedule_flush()
         else:
-            loaded = await self.deps.store.load(self.key.user_id, self.key.room)
+            loaded = await self.deps.store.load(self.key.user_id, self.key.room, self.fence)
             for repair in loaded.repairs:
                 log.error("session %s/%s context repaired: %s", self.key.user_id,
                           self.key.room, repair)
             self.profile, self.messages, self.next_id = (
                 loaded.profile, loaded.messages, loaded.next_id)
+            interrupted = loaded.interrupted
         self._touch()
         if self.slot.incarnations > 1:
             await self._recover()
+        elif interrupted is not None:
+            await self._take_over_answer(interrupted)
+        await self._read_inbox()
+
+    async def _take_over_answer(self, answer: AnswerInProgress) -> None:
+        """The previous owner died (or lost the session) while streaming this answer: its
+        text so far, as mirrored, is stored as a partial answer; nothing else is redone."""
+        if not answer.text or all(m.id != answer.answering for m in self.messages):
+            await self.deps.store.drop_answer(self.key.user_id, self.key.room, self.fence)
+            return
+        log.warning("session %s/%s: storing the answer its previous owner left (%d chars)",
+                    self.key.user_id, self.key.room, len(answer.text))
+        tokens = await count_tokens_async(answer.text, "assistant", self.profile.model)
+        message = self._new_message("assistant", answer.text, tokens, partial=True)
+        replaced = [m for m in self.messages if m.id in set(answer.replaces)]
+        removed = {m.id for m in replaced}
+        after = [m for m in self.messages if m.id not in removed] + [message]
+        dropped = [after[i] for i in trim_history(after, self.budget).drop]
+        await self._store(append=[message], remove=[*replaced, *dropped], answer_stored=True)
+
+    async def _read_inbox(self) -> None:
+        """Take the inputs waiting in the inbox, in its order (queued behind an answer, or
+        handled now when the session is free)."""
+        cluster = self.cluster
+        entries = await cluster.inbox.read(self.key.user_id, self.key.room, self.slot.inbox_seen)
+        oldest = time.time() * 1000 - INBOX_MAX_AGE_SECONDS * 1000
+        stale: list[str] = []
+        for entry in entries:
+            self.slot.inbox_seen = entry.id
+            if entry.at_ms < oldest:
+                stale.append(entry.id)
+                continue
+            await self._on_input(self._input_of(entry))
+        if stale:
+            log.warning("session %s/%s: %d input(s) older than %d s dropped from its inbox",
+                        self.key.user_id, self.key.room, len(stale), INBOX_MAX_AGE_SECONDS)
+            await cluster.inbox.done(self.key.user_id, self.key.room, *stale)
+        if len(entries) >= 100:  # a page: there may be more
+            await self._read_inbox()
+
+    def _input_of(self, entry: InboxEntry) -> UserInput:
+        return UserInput(self.cluster.outbox_for(entry.node, entry.socket), entry.text,
+                         entry.key_id, entry.id)
 
     async def _recover(self) -> None:
         """After a crash: keep the interrupted answer's text, tell the sockets, go on."""
@@ -258,17 +359,47 @@ class SessionActor(Actor[SessionMsg]):
 
     async def on_stop(self) -> None:
         """A graceful stop (idle, room deleted, shutdown) keeps an answer in progress; what
-        Redis has not taken yet gets one last write."""
+        Redis has not taken yet gets one last write. Waiting inputs stay in the inbox: the
+        session's next start (here or on another process) answers them. A session that moved
+        writes nothing: its sockets attach again, to the new owner."""
         self._stopping = True
+        if self.slot.lost:
+            self._moved_away()
+            return
+        try:
+            await self._stop_here()
+        except SessionMoved:
+            self._moved_away()
+            return
+        if self.fence is not None:
+            try:
+                await self.cluster.leases.release(self.key.user_id, self.key.room, self.fence)
+            except StorageError as exc:
+                log.warning("session %s/%s: lease not released (it lapses): %s",
+                            self.key.user_id, self.key.room, exc)
+        if self.slot.draining:  # sockets of other processes follow the session to its next owner
+            for outbox in self._outboxes():
+                moved = getattr(outbox, "moved", None)
+                if moved is not None:
+                    moved()
+
+    def _moved_away(self) -> None:
+        self.slot.lost = True
+        gen, self.generation = self.generation, None
+        if gen is not None:
+            gen.cancel_scope.cancel()  # its text is in the mirror: the new owner stores it
+        self.pending.clear()
+        for outbox in self._outboxes():
+            moved = getattr(outbox, "moved", None)
+            if moved is not None:
+                moved()
+        self.slot.moved.set()
+
+    async def _stop_here(self) -> None:
         await self._end_answer(frames.error_frame(
             self.key.room, "session_stopped",
             "The chat session stopped; the answer was cut short and its text kept."))
-        if self.pending:
-            dropped = len(self.pending)
-            self.pending.clear()
-            self._push(self._outboxes(), frames.error_frame(
-                self.key.room, "session_stopped",
-                f"The chat session stopped; {dropped} waiting message(s) were not answered."))
+        self.pending.clear()  # they stay in the inbox
         if self.slot.unsaved is not None and not await self._flush_unsaved():
             lost = self.slot.unsaved.changes
             log.error("session %s/%s stopped with %d change(s) Redis never took: lost",
@@ -280,6 +411,20 @@ class SessionActor(Actor[SessionMsg]):
 
     # ------------------------------------------------------------ the loop
     async def handle(self, msg: SessionMsg) -> object:
+        try:
+            return await self._handle(msg)
+        except SessionMoved:
+            self._lose()
+            return None
+
+    def _lose(self) -> None:
+        """The lease moved (a renewal found it, or Redis refused a write as stale)."""
+        log.error("session %s/%s moved to another process: stopping here without writing",
+                  self.key.user_id, self.key.room)
+        self.slot.lost = True
+        self.stop()
+
+    async def _handle(self, msg: SessionMsg) -> object:
         if isinstance(msg, (Attach, Detach, UserInput)):
             self._touch()
         match msg:
@@ -298,6 +443,10 @@ class SessionActor(Actor[SessionMsg]):
                     await self._finish_generation(error)
             case ResumeQueue():
                 await self._next_pending()
+            case InboxPoke():
+                await self._read_inbox()
+            case LeaseLost():
+                self._lose()
             case FlushUnsaved():
                 self._flush_scheduled = False
                 if not await self._flush_unsaved():
@@ -326,6 +475,14 @@ class SessionActor(Actor[SessionMsg]):
                     self.key.room, "busy",
                     "Too many messages are waiting for the current answer; try again shortly.",
                     f"queue limit {self.settings.session_queue_limit}"))
+                if msg.entry:
+                    await self.cluster.inbox.done(self.key.user_id, self.key.room, msg.entry)
+                return
+            if not msg.entry:  # it waits in the inbox, where a next owner would find it
+                await self.cluster.inbox.add(self.key.user_id, self.key.room,
+                                             self.cluster.node, msg.outbox_id, msg.text,
+                                             msg.key_id)
+                await self._read_inbox()  # in the inbox's order, behind earlier arrivals
                 return
             self.pending.append(msg)
             return
@@ -333,6 +490,19 @@ class SessionActor(Actor[SessionMsg]):
 
     async def _process(self, msg: UserInput) -> None:
         self._input_key_id = msg.key_id
+        self._input_entry = msg.entry
+        try:
+            await self._run_input(msg)
+        finally:
+            if self._input_entry and not self.slot.lost:  # not taken with a stored change
+                entry, self._input_entry = self._input_entry, ""
+                try:
+                    await self.cluster.inbox.done(self.key.user_id, self.key.room, entry)
+                except StorageError as exc:
+                    log.warning("session %s/%s: inbox entry %s not removed: %s",
+                                self.key.user_id, self.key.room, entry, exc)
+
+    async def _run_input(self, msg: UserInput) -> None:
         try:
             if msg.text.startswith("/"):
                 await self.deps.commands.run(self, msg.outbox_id, msg.text)
@@ -415,18 +585,46 @@ class SessionActor(Actor[SessionMsg]):
                 self._push(self._outboxes(), frames.delta_frame(self.key.room, delta))
 
         with gen.cancel_scope:
-            try:
-                request = self._request_for(gen)
-                await self.deps.upstream.stream(request, on_delta)
-            except (UpstreamError, BudgetError) as exc:
-                error = exc
-            except Exception as exc:  # a bug or an unmapped client error: never crash the session
-                log.exception("session %s/%s generation failed", self.key.user_id, self.key.room)
-                error = UpstreamError(f"unexpected {type(exc).__name__}")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._mirror, gen)
+                try:
+                    request = self._request_for(gen)
+                    await self.deps.upstream.stream(request, on_delta)
+                except (UpstreamError, BudgetError) as exc:
+                    error = exc
+                except Exception as exc:  # a bug or an unmapped client error: never crash
+                    log.exception("session %s/%s generation failed", self.key.user_id,
+                                  self.key.room)
+                    error = UpstreamError(f"unexpected {type(exc).__name__}")
+                nursery.cancel_scope.cancel()  # the stream is over: so is its mirror
         if gen.cancel_scope.cancelled_caught:
             return  # stopped: the actor already ended this answer
         gen.finished = True
         await self.ref.cast(GenerationEnded(gen.id, error))
+
+    async def _mirror(self, gen: Generation) -> None:
+        """Every MIRROR_EVERY, what came of the answer since goes to its mirror in Redis (the
+        one copy a process taking over after this one died can find). Runs inside the
+        answer's cancel scope, so nothing is mirrored once the answer ends: a mirror write
+        queued before the answer's own store runs before it (the Redis actor keeps order)."""
+        answer = AnswerInProgress(gen=gen.slot_id, answering=gen.answering.id,
+                                  replaces=[m.id for m in gen.replaces], text="")
+        while True:
+            await trio.sleep(MIRROR_EVERY)
+            if len(gen.parts) > gen.mirrored:
+                upto = len(gen.parts)
+                try:
+                    await self.deps.store.mirror_answer(
+                        self.key.user_id, self.key.room, answer,
+                        "".join(gen.parts[gen.mirrored:upto]), self.fence)
+                except SessionMoved:
+                    await self.ref.cast(LeaseLost())
+                    return
+                except StorageError as exc:  # the answer goes on; the next write catches up
+                    log.info("session %s/%s: answer not mirrored: %s", self.key.user_id,
+                             self.key.room, exc)
+                    continue
+                gen.mirrored = upto
 
     def _context_for(self, answering: StoredMessage) -> list[StoredMessage]:
         """What a prompt may draw on: the turns before the message being answered, and every
@@ -493,6 +691,8 @@ class SessionActor(Actor[SessionMsg]):
         await limits.record_usage(self.key.user_id, gen.key_id, gen.model,
                                   prompt_tokens=gen.prompt_tokens if gen.parts else 0,
                                   answer_tokens=tokens)
+        if gen.mirrored and not (store and gen.parts):
+            await self.deps.store.drop_answer(self.key.user_id, self.key.room, self.fence)
         if store and gen.parts:
             try:
                 await self._store_answer(gen, tokens, partial=not complete)
@@ -514,7 +714,8 @@ class SessionActor(Actor[SessionMsg]):
         replaced = {m.id for m in gen.replaces}
         after = [m for m in self.messages if m.id not in replaced] + [answer]
         dropped = [after[i] for i in trim_history(after, self.budget).drop]
-        await self._store(append=[answer], remove=[*gen.replaces, *dropped])
+        await self._store(append=[answer], remove=[*gen.replaces, *dropped],
+                          answer_stored=gen.mirrored > 0)
 
     def _error_frame(self, exc: ChatServerError) -> frames.Frame:
         return frames.error_frame(self.key.room, exc.code,
@@ -532,8 +733,10 @@ class SessionActor(Actor[SessionMsg]):
                              ts=utc_stamp(), partial=partial)
 
     async def _store(self, *, append: Sequence[StoredMessage] = (),
-                     remove: Sequence[StoredMessage] = ()) -> None:
-        """Apply a change durably, then in memory (a failed write changes nothing).
+                     remove: Sequence[StoredMessage] = (), answer_stored: bool = False) -> None:
+        """Apply a change durably, then in memory (a failed write changes nothing). The input
+        being handled leaves the inbox in the same step, and with ``answer_stored`` the
+        answer's mirror goes too.
 
         The session is the only writer of its context, so what it holds is the truth: when the
         stored list turns out different (keys expired or deleted under a live session), the
@@ -548,8 +751,11 @@ class SessionActor(Actor[SessionMsg]):
             else:
                 applied = await self.deps.store.change(
                     self.key.user_id, self.key.room, append=append, remove=remove,
-                    next_id=self.next_id, count=len(after))
-                if not applied:
+                    next_id=self.next_id, count=len(after), fence=self.fence,
+                    done_input=self._input_entry, answer_stored=answer_stored)
+                if applied:
+                    self._input_entry = ""
+                else:
                     log.error("session %s/%s stored context differed from the session's: "
                               "rewritten", self.key.user_id, self.key.room)
                     await self._rewrite(after)
@@ -569,7 +775,7 @@ class SessionActor(Actor[SessionMsg]):
 
     async def _rewrite(self, messages: Sequence[StoredMessage]) -> None:
         await self.deps.store.rewrite(self.key.user_id, self.key.room, messages, self.next_id,
-                                      profile=self.profile)
+                                      profile=self.profile, fence=self.fence)
 
     def _saved_again(self) -> None:
         if self.slot.unsaved is not None:
@@ -621,13 +827,13 @@ class SessionActor(Actor[SessionMsg]):
     async def clear(self, *, reset_profile: bool = False) -> None:
         profile = Profile(model=self.settings.default_model) if reset_profile else None
         await self.deps.store.rewrite(self.key.user_id, self.key.room, [], self.next_id,
-                                      profile=profile)
+                                      profile=profile, fence=self.fence)
         self.messages = []
         if profile is not None:
             self.profile = profile
 
     async def set_profile(self, profile: Profile) -> None:
-        await self.deps.store.save_profile(self.key.user_id, self.key.room, profile)
+        await self.deps.store.save_profile(self.key.user_id, self.key.room, profile, self.fence)
         self.profile = profile
 
     async def retry(self) -> bool:

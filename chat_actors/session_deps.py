@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from chat_actors.chat_limits import ChatLimits
+from chat_actors.cluster import Cluster
 from core.settings import Settings
 from storage.context_store import ContextStore
 
@@ -46,6 +47,7 @@ class SessionDeps:
     commands: CommandRunner
     rooms: RoomHooks
     limits: ChatLimits
+    cluster: Cluster | None = None
 
     def opaque_user_id(self, user_id: int) -> str:
         """What the upstream sees instead of the user's email: a keyed hash of the id."""

@@ -92,6 +92,23 @@ class StorageCorrupt(StorageError):
     """Stored data does not follow the documented layout."""
 
 
+class SessionMoved(ChatServerError):
+    """Another process owns the session now: its lease moved, and Redis refused this process's
+    write (the fencing token was stale). The session stops here; its sockets follow the owner."""
+
+    code = "session_moved"
+
+
+class SessionOwnedElsewhere(ChatServerError):
+    """The session's lease is held by another process: reach it there."""
+
+    code = "session_owned_elsewhere"
+
+    def __init__(self, msg: str, *, owner: str) -> None:
+        super().__init__(msg)
+        self.owner = owner
+
+
 class ActorError(ChatServerError):
     """An actor could not handle a message."""
 

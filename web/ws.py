@@ -23,8 +23,9 @@ from quart.wrappers import Response
 
 from chat_actors import frames
 from chat_actors.chat_limits import costs_an_answer
+from chat_actors.cluster import SessionHandle
 from chat_actors.outbox import Outbox, OutboxClosed
-from chat_actors.registry import SessionRef, SessionRegistry
+from chat_actors.registry import SessionRegistry
 from chat_actors.room_ids import parse_room_id
 from chat_actors.service import Chat
 from core import metrics
@@ -183,6 +184,8 @@ class ChatSocket:
 
     Moving rooms detaches the outbox from the old session (a call: once it returns the old
     session pushes nothing more) and attaches it to the new one, whose init frame follows.
+    The session may live in another process (``chat_actors.cluster``); when it moves (its
+    owner stopped or died), the socket attaches again and gets the new owner's init frame.
     """
 
     def __init__(self, chat: Chat, authed: AuthedKey, room: str) -> None:
@@ -192,7 +195,8 @@ class ChatSocket:
         self.key_id = authed.key_id  # None for a ticket socket: usage counts it as key 0
         self.room = room
         self.outbox = Outbox(max_frames=OUTBOX_MAX_FRAMES, stuck_after=OUTBOX_STUCK_SECONDS)
-        self.session: SessionRef | None = None
+        self.session: SessionHandle | None = None
+        self._entering = trio.Lock()  # a room move, a resend and a session move take turns
         self.max_bytes = chat.settings.max_frame_bytes
         self.close_code: int | None = None  # set when the server ends the socket on purpose
 
@@ -223,11 +227,38 @@ class ChatSocket:
                         "The chat session could not be started; retry shortly.", close=True))
                     self.outbox.close("session unavailable")
                     return
+                nursery.start_soon(self._follow_moves)
                 await self._reader()
         finally:
             self.outbox.close()
             if self.session is not None:
                 await self.registry.detach(self.session, self.outbox)
+
+    async def _follow_moves(self) -> None:
+        """When the session stops here for good or its owner changes, attach again: to the new
+        owner, or here, which takes the session over (its queued inputs, its partial answer)."""
+        while (handle := self.session) is not None:
+            await handle.moved.wait()
+            async with self._entering:
+                if self.outbox.closed:
+                    return
+                if self.session is not handle:
+                    continue
+                try:
+                    with trio.fail_after(JOIN_TIMEOUT):
+                        await self._enter(self.room)
+                except (StorageError, ActorDead, trio.TooSlowError) as exc:
+                    log.warning("socket could not follow room %s: %r", self.room, exc)
+                    self.session = None
+                    self.outbox.push(frames.error_frame(
+                        self.room, "session_unavailable",
+                        "The chat session could not be reached; reconnect to continue.",
+                        close=True))
+                    self.outbox.close("session unavailable")
+                    return
+                except AccountClosed:
+                    self.end(*ACCOUNT_CLOSED)
+                    return
 
     async def _enter(self, room: str) -> None:
         """Attach to ``room``'s session; its init frame arrives through the outbox."""
@@ -250,7 +281,8 @@ class ChatSocket:
                 continue
             try:
                 if frame.room is not None and frame.room != self.room:
-                    await self._enter(frame.room)
+                    async with self._entering:
+                        await self._enter(frame.room)
                 if frame.msg.strip():
                     await self._send(frame)
                 elif frame.room is None:
@@ -279,15 +311,16 @@ class ChatSocket:
                 self.outbox.push(frames.error_frame(self.room, exc.code, str(exc),
                                                     str(exc.retry_after)))
                 return
-        assert self.session is not None
-        try:
-            await self.registry.send(self.session, self.outbox, text, self.key_id)
-        except ActorDead:
-            # The session stopped (idle, room deleted, gave up): start a fresh one, once.
-            self.session = None
-            await self._enter(self.room)
+        async with self._entering:
             assert self.session is not None
-            await self.registry.send(self.session, self.outbox, text, self.key_id)
+            try:
+                await self.registry.send(self.session, self.outbox, text, self.key_id)
+            except ActorDead:
+                # The session stopped (idle, room deleted, gave up) or moved: attach again,
+                # starting it here if nobody holds it, and resend once.
+                await self._enter(self.room)
+                assert self.session is not None
+                await self.registry.send(self.session, self.outbox, text, self.key_id)
 
     async def _writer(self) -> None:
         """Frames out, in order. A send that does not complete within OUTBOX_STUCK_SECONDS

@@ -77,7 +77,7 @@ async def test_idle_session_stops_and_comes_back_with_its_history(chat: Chat) ->
     with trio.fail_after(5):
         while len(chat.registry) > 0:
             await trio.sleep(0.05)
-    assert not ref.alive
+    assert not ref.ref.alive
     snap = await chat.registry.snapshot(2, "0")  # starts a fresh actor, which reloads Redis
     assert [m.role for m in snap.messages] == ["user", "assistant"]
 
@@ -102,7 +102,7 @@ async def test_crash_does_not_touch_other_sessions(chat: Chat) -> None:
     with trio.fail_after(5):
         frame = await a.next_frame()
     assert frame["error"]["code"] == "session_restarted"  # type: ignore[index]
-    assert ref_a.alive
+    assert ref_a.ref.alive
 
 
 
@@ -164,12 +164,12 @@ async def test_idle_sweeper_leaves_busy_sessions_alone(chat: Chat, monkeypatch: 
     alone_ref = await chat.registry.attach(alone, "0", alone_box)
     await chat.registry.detach(alone_ref, alone_box)
     with trio.fail_after(5):  # the sweeper ran: the lone session was nudged and stopped
-        while alone_ref.alive:
+        while alone_ref.ref.alive:
             await trio.sleep(0.05)
     assert ticks.get(alone, 0) >= 1
     await trio.sleep(0.5)  # a few more sweeps (every 0.125 s), all past the busy one's idle time
     assert ticks.get(8, 0) == 0, f"the busy session got {ticks[8]} idle ticks"
-    assert busy_ref.alive and len(chat.registry) == 1
+    assert busy_ref.ref.alive and len(chat.registry) == 1
 
 
 async def test_a_closed_outbox_does_not_keep_a_session_alive(chat: Chat) -> None:
