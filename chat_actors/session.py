@@ -691,7 +691,7 @@ class SessionActor(Actor[SessionMsg]):
         await limits.record_usage(self.key.user_id, gen.key_id, gen.model,
                                   prompt_tokens=gen.prompt_tokens if gen.parts else 0,
                                   answer_tokens=tokens)
-        if gen.mirrored and not (store and gen.parts):
+        if gen.parts and not store:  # a mirror may exist (or be on its way): it goes
             await self.deps.store.drop_answer(self.key.user_id, self.key.room, self.fence)
         if store and gen.parts:
             try:
@@ -714,8 +714,9 @@ class SessionActor(Actor[SessionMsg]):
         replaced = {m.id for m in gen.replaces}
         after = [m for m in self.messages if m.id not in replaced] + [answer]
         dropped = [after[i] for i in trim_history(after, self.budget).drop]
+        # Always: a mirror write still on its way when the answer ended is not counted yet.
         await self._store(append=[answer], remove=[*gen.replaces, *dropped],
-                          answer_stored=gen.mirrored > 0)
+                          answer_stored=True)
 
     def _error_frame(self, exc: ChatServerError) -> frames.Frame:
         return frames.error_frame(self.key.room, exc.code,

@@ -1,0 +1,124 @@
+"""One session, two server processes' worth of chat sides (two servers on one MariaDB and one
+Redis prefix, each a node of its own): the session's actor lives in one, the other forwards
+through Redis. Real HTTP, real WebSockets, real Redis, the mock upstream over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from core.settings import Settings
+from tests.chat_server import ChatServer, chat_socket, running_server
+
+pytestmark = pytest.mark.usefixtures("redis_actor")  # the prefix is emptied after each test
+
+
+@pytest.fixture
+async def pair(db_settings: Settings) -> AsyncIterator[tuple[ChatServer, ChatServer]]:
+    mock = {"tokens": 30, "delay_ms": 5}
+    async with running_server(db_settings, mock=mock) as a, \
+            running_server(db_settings, mock=mock) as b:
+        yield a, b
+
+
+def node_of(server: ChatServer) -> str:
+    return str(server.services.chat.registry.cluster.node)
+
+
+async def test_sockets_on_both_servers_see_one_session(pair: tuple[ChatServer, ChatServer]
+                                                      ) -> None:
+    a, b = pair
+    assert node_of(a) != node_of(b)
+    user = await a.new_user()
+    async with chat_socket(a, user.access_key) as on_a, chat_socket(b, user.access_key) as on_b:
+        # The session's actor lives where the first socket attached; the other server holds
+        # no actor of it, only a remote handle.
+        assert len(a.services.chat.registry) == 1 and len(b.services.chat.registry) == 0
+        await on_b.send("from b")
+        await on_a.send("from a")
+        seen_a = await on_a.events(2)
+        seen_b = await on_b.events(2)
+    # The same stream on both sockets, in the order the owner got the questions; each socket
+    # sees the other's question echoed before the answer to it starts.
+    texts = [t for kind, t in seen_a if kind == "text"]
+    assert texts == [t for kind, t in seen_b if kind == "text"] and len(texts) == 2
+    assert [e for e in seen_a if e[0] != "echo"] == [e for e in seen_b if e[0] != "echo"]
+    assert seen_a.count(("echo", "from b")) == 1 and seen_b.count(("echo", "from a")) == 1
+    for seen in (seen_a, seen_b):
+        echo = next(i for i, e in enumerate(seen) if e[0] == "echo")
+        answers_after = [e for e in seen[echo:] if e[0] == "text"]
+        assert answers_after, seen  # an echo is never after the answer to it
+    # What both saw is what was stored, once.
+    async with chat_socket(b, user.access_key, read_init=False) as again:
+        history = await again.init()
+    assert [m["content"] for m in history if not m["is_user"]] == texts
+    assert len(history) == 4
+
+
+async def test_stop_from_the_other_server_ends_the_answer_on_both(
+        pair: tuple[ChatServer, ChatServer]) -> None:
+    a, b = pair
+    user = await a.new_user()
+    async with chat_socket(a, user.access_key) as on_a, chat_socket(b, user.access_key) as on_b:
+        await on_a.send("long [mock tokens=2000 delay_ms=5]")
+        assert (await on_a.frame())["finish"] is False
+        assert (await on_b.frame())["is_user"] is True  # the echo, then the live stream
+        assert (await on_b.frame())["finish"] is False
+        await on_b.send("/stop")
+        with trio.fail_after(1.0):  # terminator on every socket within a second
+            _, last_a = await on_a.answer()
+            _, last_b = await on_b.answer()
+        assert last_a["finish"] and "error" not in last_a
+        assert last_b["finish"] and "error" not in last_b
+    async with chat_socket(b, user.access_key, read_init=False) as again:
+        history = await again.init()
+    assert history[-1].get("partial") is True and not history[-1]["is_user"]
+
+
+async def test_a_socket_joining_mid_answer_on_the_other_server_gets_the_text_so_far(
+        pair: tuple[ChatServer, ChatServer]) -> None:
+    a, b = pair
+    user = await a.new_user()
+    async with chat_socket(a, user.access_key) as on_a:
+        await on_a.send("long [mock tokens=200 delay_ms=5]")
+        first = await on_a.frame()
+        assert first["finish"] is False
+        async with chat_socket(b, user.access_key) as late:  # init read: then the resume
+            text_late, last_late = await late.answer()
+        text_a, _ = await on_a.answer()
+    assert last_late["finish"] and first["msg"] + text_a == text_late
+
+
+async def test_stopping_the_owner_moves_the_session_to_the_other_server(
+        db_settings: Settings) -> None:
+    """A graceful stop of the owner (its lease released, the other server's sockets told):
+    the other server takes the session over and answers there."""
+    mock = {"tokens": 10, "delay_ms": 2}
+    stop_a, a_stopped = trio.Event(), trio.Event()
+
+    async def serve_a(*, task_status: trio.TaskStatus[ChatServer]) -> None:
+        async with running_server(db_settings, mock=mock) as a:
+            task_status.started(a)
+            await stop_a.wait()
+        a_stopped.set()
+
+    async with running_server(db_settings, mock=mock) as b, trio.open_nursery() as nursery:
+        a = await nursery.start(serve_a)
+        user = await b.new_user()
+        async with chat_socket(a, user.access_key) as on_a:
+            await on_a.send("one")
+            await on_a.answer()
+            async with chat_socket(b, user.access_key) as on_b:
+                assert len(b.services.chat.registry) == 0  # owned by a
+                stop_a.set()
+                with trio.fail_after(10):
+                    await a_stopped.wait()
+                    # b's socket attached again, to a session b runs now, history intact
+                    history = await on_b.init()
+                assert history[0]["content"] == "one"
+                assert len(b.services.chat.registry) == 1
+                await on_b.send("two")
+                text, last = await on_b.answer()
+                assert text and "error" not in last
