@@ -139,12 +139,12 @@ class SessionRegistry:
         while True:
             try:
                 await leases.heartbeat()
-                owned = [(slot.key, slot) for slot in list(self._slots.values())
+                owned = [(slot.key.user_id, slot.key.room, slot.fence)
+                         for slot in list(self._slots.values())
                          if slot.fence is not None and not slot.lost]
-                lost = await leases.renew([(k.user_id, k.room, s.fence) for k, s in owned
-                                           if s.fence is not None])
-                for index in lost:
-                    self._lease_lost(owned[index][0])
+                for index in await leases.renew(owned):
+                    user_id, room, _ = owned[index]
+                    self._lease_lost(SessionKey(user_id, room))
                 await self._follow_owners()
                 await self._forget_dead_nodes()
             except StorageError as exc:
@@ -165,17 +165,18 @@ class SessionRegistry:
                     self._nursery.start_soon(self.stop_session, key.user_id, key.room)
 
     async def _follow_owners(self) -> None:
-        handles = {(h.user_id, h.room, h.owner): h for h, _ in list(self._remote.values())
-                   if not h.moved.is_set()}
-        if not handles:
+        by_owner: defaultdict[tuple[int, str, str], list[SessionHandle]] = defaultdict(list)
+        for handle, _outbox in list(self._remote.values()):
+            if not handle.moved.is_set():
+                by_owner[(handle.user_id, handle.room, handle.owner)].append(handle)
+        if not by_owner:
             return
-        sessions = list(handles)
+        sessions = list(by_owner)
         holders = await self.cluster.leases.holders([(u, r) for u, r, _ in sessions])
-        for (u, r, owner), holder in zip(sessions, holders, strict=True):
-            if holder != owner:
-                for handle, _outbox in list(self._remote.values()):
-                    if (handle.user_id, handle.room, handle.owner) == (u, r, owner):
-                        handle.moved.set()
+        for session, holder in zip(sessions, holders, strict=True):
+            if holder != session[2]:
+                for handle in by_owner[session]:
+                    handle.moved.set()
 
     async def _forget_dead_nodes(self) -> None:
         remote = self.cluster.remote_outboxes

@@ -314,12 +314,8 @@ class SessionActor(Actor[SessionMsg]):
         log.warning("session %s/%s: storing the answer its previous owner left (%d chars)",
                     self.key.user_id, self.key.room, len(answer.text))
         tokens = await count_tokens_async(answer.text, "assistant", self.profile.model)
-        message = self._new_message("assistant", answer.text, tokens, partial=True)
         replaced = [m for m in self.messages if m.id in set(answer.replaces)]
-        removed = {m.id for m in replaced}
-        after = [m for m in self.messages if m.id not in removed] + [message]
-        dropped = [after[i] for i in trim_history(after, self.budget).drop]
-        await self._store(append=[message], remove=[*replaced, *dropped], answer_stored=True)
+        await self._store_answer(answer.text, tokens, replaced, partial=True)
 
     async def _read_inbox(self) -> None:
         """Take the inputs waiting in the inbox, in its order (queued behind an answer, or
@@ -378,10 +374,7 @@ class SessionActor(Actor[SessionMsg]):
                 log.warning("session %s/%s: lease not released (it lapses): %s",
                             self.key.user_id, self.key.room, exc)
         if self.slot.draining:  # sockets of other processes follow the session to its next owner
-            for outbox in self._outboxes():
-                moved = getattr(outbox, "moved", None)
-                if moved is not None:
-                    moved()
+            self._send_remote_sockets_on()
 
     def _moved_away(self) -> None:
         self.slot.lost = True
@@ -389,11 +382,15 @@ class SessionActor(Actor[SessionMsg]):
         if gen is not None:
             gen.cancel_scope.cancel()  # its text is in the mirror: the new owner stores it
         self.pending.clear()
+        self._send_remote_sockets_on()
+        self.slot.moved.set()  # and the local ones attach again
+
+    def _send_remote_sockets_on(self) -> None:
+        """Sockets of other processes (``RemoteOutbox``) attach again, to the next owner."""
         for outbox in self._outboxes():
-            moved = getattr(outbox, "moved", None)
+            moved = getattr(outbox, "moved", None)  # the cluster module is not imported here
             if moved is not None:
                 moved()
-        self.slot.moved.set()
 
     async def _stop_here(self) -> None:
         await self._end_answer(frames.error_frame(
@@ -695,7 +692,7 @@ class SessionActor(Actor[SessionMsg]):
             await self.deps.store.drop_answer(self.key.user_id, self.key.room, self.fence)
         if store and gen.parts:
             try:
-                await self._store_answer(gen, tokens, partial=not complete)
+                await self._store_answer(gen.text, tokens, gen.replaces, partial=not complete)
             except StorageError as exc:
                 log.error("session %s/%s could not store an answer: %s",
                           self.key.user_id, self.key.room, exc)
@@ -707,16 +704,16 @@ class SessionActor(Actor[SessionMsg]):
                                 trio.current_time() - gen.started)
         self._push(self._outboxes(), last_frame)
 
-    async def _store_answer(self, gen: Generation, tokens: int, *, partial: bool) -> None:
+    async def _store_answer(self, text: str, tokens: int, replaces: Sequence[StoredMessage],
+                            *, partial: bool) -> None:
         """Append the answer (dropping what it replaces) and trim the history to budget, in
-        one storage step."""
-        answer = self._new_message("assistant", gen.text, tokens, partial=partial)
-        replaced = {m.id for m in gen.replaces}
+        one storage step that also drops the answer's mirror (always: a mirror write still
+        on its way when the answer ended is not counted yet)."""
+        answer = self._new_message("assistant", text, tokens, partial=partial)
+        replaced = {m.id for m in replaces}
         after = [m for m in self.messages if m.id not in replaced] + [answer]
         dropped = [after[i] for i in trim_history(after, self.budget).drop]
-        # Always: a mirror write still on its way when the answer ended is not counted yet.
-        await self._store(append=[answer], remove=[*gen.replaces, *dropped],
-                          answer_stored=True)
+        await self._store(append=[answer], remove=[*replaces, *dropped], answer_stored=True)
 
     def _error_frame(self, exc: ChatServerError) -> frames.Frame:
         return frames.error_frame(self.key.room, exc.code,

@@ -276,12 +276,9 @@ class ContextStore:
             cursor, found = await self._redis.execute(
                 "SCAN", cursor, "MATCH", pattern, "COUNT", 500
             )
-            fences = [k for k in found if k.endswith(":fence")]
             if found:
-                removed += int(await self._redis.eval(
-                    _DELETE_KEYS, [k for k in found if k not in fences], []))
-            for key in fences:  # tombstones: an owner still running writes nothing more
-                await self._redis.execute("SET", key, DELETED, "EX", self._ttl)
+                removed += int(await self._redis.eval(_DELETE_KEYS, found,
+                                                      [self._ttl, DELETED]))
             if str(cursor) == "0":
                 return removed
 
@@ -396,9 +393,18 @@ redis.call('SET', KEYS[5], ARGV[2], 'EX', ARGV[1])
 return 1
 """
 
+# Fences become tombstones (an owner still running writes nothing more); the rest goes.
+# ARGV: ttl, tombstone. Returns how many keys were deleted.
 _DELETE_KEYS = """
-if #KEYS == 0 then return 0 end
-return redis.call('DEL', unpack(KEYS))
+local removed = 0
+for _, key in ipairs(KEYS) do
+  if string.sub(key, -6) == ':fence' then
+    redis.call('SET', key, ARGV[2], 'EX', ARGV[1])
+  else
+    removed = removed + redis.call('DEL', key)
+  end
+end
+return removed
 """
 
 _DROP_ANSWER = _FENCE + """

@@ -2,8 +2,8 @@
 
 A process (a *node*, ``NodeId``) that runs a session's actor holds ``P ctx:U:R:lease`` =
 ``"<node> <token>"`` with a PX expiry of one lease time, renewed while the actor lives and
-deleted when it stops. Tokens come from one counter per prefix (``P fence-seq``), so a newer
-owner of any session always holds a larger token than every earlier one. Taking a lease also
+deleted when it stops. Tokens come from one counter per prefix (``P fence-seq``), so each taking
+of a lease has a token of its own (fences are compared for equality). Taking a lease also
 sets ``P ctx:U:R:fence`` to the new token: from that moment the context store refuses the
 writes of every older owner (``storage.context_store``), even one that was only paused and
 still believes it owns the session.

@@ -214,18 +214,8 @@ class ChatSocket:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._watch_close, nursery.cancel_scope)
-                try:
-                    with trio.fail_after(JOIN_TIMEOUT):
-                        await self._enter(self.room)
-                except AccountClosed:
-                    self.end(*ACCOUNT_CLOSED)
-                    return
-                except (StorageError, ActorDead, trio.TooSlowError) as exc:
-                    log.error("socket could not join room %s: %r", self.room, exc)
-                    self.outbox.push(frames.error_frame(
-                        self.room, "storage_unavailable",
-                        "The chat session could not be started; retry shortly.", close=True))
-                    self.outbox.close("session unavailable")
+                if not await self._join("storage_unavailable",
+                                        "The chat session could not be started; retry shortly."):
                     return
                 nursery.start_soon(self._follow_moves)
                 await self._reader()
@@ -244,21 +234,24 @@ class ChatSocket:
                     return
                 if self.session is not handle:
                     continue
-                try:
-                    with trio.fail_after(JOIN_TIMEOUT):
-                        await self._enter(self.room)
-                except (StorageError, ActorDead, trio.TooSlowError) as exc:
-                    log.warning("socket could not follow room %s: %r", self.room, exc)
-                    self.session = None
-                    self.outbox.push(frames.error_frame(
-                        self.room, "session_unavailable",
-                        "The chat session could not be reached; reconnect to continue.",
-                        close=True))
-                    self.outbox.close("session unavailable")
+                if not await self._join("session_unavailable", "The chat session could not "
+                                        "be reached; reconnect to continue."):
                     return
-                except AccountClosed:
-                    self.end(*ACCOUNT_CLOSED)
-                    return
+
+    async def _join(self, code: str, msg: str) -> bool:
+        """Attach to the room's session, bounded; False when the socket was ended instead
+        (account closed; or the session unreachable: ``code`` and ``msg``, then closed)."""
+        try:
+            with trio.fail_after(JOIN_TIMEOUT):
+                await self._enter(self.room)
+            return True
+        except AccountClosed:
+            self.end(*ACCOUNT_CLOSED)
+        except (StorageError, ActorDead, trio.TooSlowError) as exc:
+            log.error("socket could not join room %s: %r", self.room, exc)
+            self.outbox.push(frames.error_frame(self.room, code, msg, close=True))
+            self.outbox.close("session unavailable")
+        return False
 
     async def _enter(self, room: str) -> None:
         """Attach to ``room``'s session; its init frame arrives through the outbox."""
