@@ -15,6 +15,7 @@ import mimetypes
 from pathlib import Path
 
 from quart import Blueprint, Response, send_from_directory
+from werkzeug.exceptions import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ async def chat_page() -> Response:
 
 @page_bp.get("/chatgpt/static/<path:filename>")
 async def chat_static(filename: str) -> Response:
-    # send_from_directory refuses paths that leave STATIC_DIR (404).
-    response = await send_from_directory(STATIC_DIR, filename)
+    # send_from_directory refuses paths that leave STATIC_DIR (404); a name the file system
+    # refuses (too long, ENAMETOOLONG) is not a file here either, not a server error.
+    try:
+        response = await send_from_directory(STATIC_DIR, filename)
+    except OSError as exc:
+        raise NotFound() from exc
     return response

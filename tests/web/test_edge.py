@@ -77,6 +77,8 @@ async def test_any_origin_never_with_credentials(web_settings: Settings, redis_a
 async def test_errors_are_json(client: Client) -> None:
     r = await client.get("/no/such/route")
     assert r.status_code == 404 and await error_code(r) == "not_found"
+    r = await client.get("/chatgpt/static/" + "é" * 200)  # over NAME_MAX: was a 500
+    assert r.status_code == 404 and await error_code(r) == "not_found"
     r = await client.request("DELETE", "/health")
     assert r.status_code == 405 and await error_code(r) == "method_not_allowed"
     r = await client.post("/api/auth/login/email", data=b"x" * (2 * 1024 * 1024),
