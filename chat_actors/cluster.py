@@ -59,13 +59,26 @@ class NodeLink:
         self._out: dict[str, list[list[Any]]] = {}  # node -> [[kind, data], ...], in order
         self._wakeup = trio.Event()
         self._sending = 0
+        self._posted = 0  # letters and frames queued so far
+        self._written = 0  # of those, how many are in their node's stream for sure
+        self._progress = trio.Event()
+        self._failed = False  # a send of the current batch failed
         self.letters_sent = 0
         self.letters_read = 0
 
     def post(self, node: str, kind: str, data: Any) -> None:
         """Queue a letter to ``node``; never waits."""
         self._queue(node).append([kind, data])
+        self._posted += 1
         self._wakeup.set()
+
+    async def written(self) -> None:
+        """Wait until everything posted so far is in the streams: a letter that must reach
+        its node before what this process does next in Redis (an attach before the inputs
+        that follow it through the session's inbox)."""
+        target = self._posted
+        while self._written < target:
+            await self._progress.wait()
 
     def post_frame(self, node: str, sock: int, frame: Frame) -> None:
         """A frame for socket ``sock`` of ``node``: into the letter of frames being gathered
@@ -79,6 +92,7 @@ class NodeLink:
             frames[-1][1] = {**last, "msg": last["msg"] + frame["msg"]}
         else:
             frames.append([sock, frame])
+        self._posted += 1
         self._wakeup.set()
 
     def pending(self) -> bool:
@@ -104,6 +118,7 @@ class NodeLink:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
             out, self._out = self._out, {}
+            upto = self._posted
             self._sending += 1
             try:
                 async with trio.open_nursery() as nursery:  # one script each, one round trip
@@ -111,6 +126,11 @@ class NodeLink:
                         nursery.start_soon(self._send, node, letters)
             finally:
                 self._sending -= 1
+            if not self._failed:  # else what failed is queued again, in a later batch
+                self._written = upto
+            self._failed = False
+            self._progress.set()
+            self._progress = trio.Event()
 
     async def _send(self, node: str, letters: list[list[Any]]) -> None:
         try:
@@ -118,6 +138,7 @@ class NodeLink:
             self.letters_sent += len(letters)
         except StorageError as exc:
             log.warning("mail to %s not sent (%s): kept for a retry", node, exc)
+            self._failed = True
             kept = letters + self._out.get(node, [])
             if len(kept) > MAX_UNSENT:
                 log.error("mail to %s: %d letter(s) dropped", node, len(kept) - MAX_UNSENT)

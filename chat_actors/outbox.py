@@ -53,6 +53,9 @@ class Outbox:
         self.closed_event = trio.Event()
         self.frames_pushed = 0
         self.frames_coalesced = 0
+        #: An answer's deltas were pushed and its last frame was not (yet): what a socket
+        #: whose session owner died shows as an interrupted answer.
+        self.answer_open = False
 
     def push(self, frame: Frame) -> bool:
         """Queue a frame; False (and the outbox closed) when the socket is stuck or gone."""
@@ -63,6 +66,10 @@ class Outbox:
             self.close("socket stuck: not reading", drop=True)
             return False
         self.frames_pushed += 1
+        if not frame["finish"]:
+            self.answer_open = True
+        elif not frame.get("is_user"):  # an echo comes between deltas; anything else ends
+            self.answer_open = False
         if self._queue and mergeable(self._queue[-1].frame, frame):
             self._queue[-1].parts.append(frame["msg"])
             self.frames_coalesced += 1
@@ -84,6 +91,11 @@ class Outbox:
             self._queue.clear()
         self._wakeup.set()
         self.closed_event.set()
+
+    def moved(self) -> None:
+        """The session stops here for good and goes on elsewhere. A socket of this process
+        follows by itself (its handle's ``moved`` event); a socket of another process is told
+        (``RemoteOutbox``)."""
 
     async def next_frame(self) -> Frame:
         """The next frame to send; raises ``OutboxClosed`` once closed and drained."""

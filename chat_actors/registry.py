@@ -33,6 +33,7 @@ from chat_actors.session import (
     Attach,
     CrashForTest,
     Detach,
+    Drain,
     IdleTick,
     InboxPoke,
     LeaseLost,
@@ -110,6 +111,16 @@ class SessionRegistry:
                         ref.cast_nowait(IdleTick())
                     except (MailboxFull, ActorDead):
                         pass
+
+    def begin_drain(self) -> None:
+        """Shutting down: no session starts here any more, and each one stops as soon as its
+        answer in progress ends (idle ones now), so it moves to another process."""
+        self.draining = True
+        for key, slot in list(self._slots.items()):
+            slot.draining = True
+            ref = self._sup.get(key)
+            if ref is not None and self._nursery is not None:
+                self._nursery.start_soon(_tell, ref, Drain())
 
     async def stop(self) -> None:
         """Every session stops (answers cut are stored partial, their leases released, the
@@ -246,9 +257,9 @@ class SessionRegistry:
             self.cluster.remote_outboxes[(node, sock)] = outbox
             try:
                 await self._attach_here(key, outbox)
-            except SessionOwnedElsewhere:
+            except (SessionOwnedElsewhere, ActorDead):
                 self._forget_remote(node, sock)
-                outbox.moved()  # not ours (any more): the socket looks again
+                outbox.moved()  # not ours (any more, or shutting down): the socket looks again
         elif kind == "det":
             gone = self._forget_remote(str(data["node"]), int(data["sock"]))
             ref = self._sup.get(key)
@@ -318,6 +329,8 @@ class SessionRegistry:
         key = SessionKey(user_id, room)
         ref = self._sup.get(key)
         if ref is None:
+            if self.draining:
+                raise ActorDead(f"session {user_id}/{room}: this process is shutting down")
             ref = await self._sup.start_child(self._spec(key))
         return ref
 
@@ -342,6 +355,9 @@ class SessionRegistry:
             self._remote[outbox.id] = (handle, outbox)
             self.cluster.link.post(node_of(elsewhere.owner), "att", {
                 "u": user_id, "r": room, "node": self.cluster.node, "sock": outbox.id})
+            # The owner sends the init frame before it handles what this socket sends next
+            # (its inputs go by the session's inbox, which pokes the owner's mail too).
+            await self.cluster.link.written()
             return handle
         slot = self._slots.get(key)
         return SessionHandle(user_id, room, ref,
@@ -421,3 +437,10 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return len(self._sup)
+
+
+async def _tell(ref: SessionRef, msg: SessionMsg) -> None:
+    try:
+        await ref.cast(msg)
+    except ActorDead:
+        pass  # it stopped meanwhile

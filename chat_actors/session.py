@@ -42,7 +42,14 @@ from core.errors import (
     UpstreamContentFilter,
     UpstreamError,
 )
-from storage.context_store import AnswerInProgress, Fence, Profile, Role, StoredMessage
+from storage.context_store import (
+    AnswerInProgress,
+    AnswerUsage,
+    Fence,
+    Profile,
+    Role,
+    StoredMessage,
+)
 from storage.session_inbox import InboxEntry
 
 if TYPE_CHECKING:
@@ -119,6 +126,12 @@ class LeaseLost:
 
 
 @dataclass(frozen=True)
+class Drain:
+    """The process is shutting down: finish the answer in progress (if any), then stop, so
+    the session moves to another process; waiting inputs stay in the inbox for it."""
+
+
+@dataclass(frozen=True)
 class CrashForTest:
     """Test-only fault hook: the registry refuses it unless test hooks are enabled."""
 
@@ -129,7 +142,7 @@ class Snapshot(Request["SessionSnapshot"]):
 
 
 SessionMsg = (Attach | Detach | UserInput | GenerationEnded | IdleTick | ResumeQueue
-              | FlushUnsaved | InboxPoke | LeaseLost | CrashForTest | Snapshot)
+              | FlushUnsaved | InboxPoke | LeaseLost | Drain | CrashForTest | Snapshot)
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,12 @@ class Generation:
     started: float = field(default_factory=trio.current_time)
     #: How many of ``parts`` its mirror in Redis holds (``ContextStore.mirror_answer``).
     mirrored: int = 0
+
+    def usage(self) -> AnswerUsage:
+        """What its end settles (``SessionActor._settle``), also kept in its mirror."""
+        return AnswerUsage(key_id=self.key_id, model=self.model,
+                           prompt_tokens=self.prompt_tokens, reserved=self.reserved,
+                           budget_day=self.budget_day)
 
     @property
     def text(self) -> str:
@@ -310,18 +329,22 @@ class SessionActor(Actor[SessionMsg]):
         text so far, as mirrored, is stored as a partial answer; nothing else is redone."""
         if not answer.text or all(m.id != answer.answering for m in self.messages):
             await self.deps.store.drop_answer(self.key.user_id, self.key.room, self.fence)
+            await self._settle(answer.gen, answer.usage, None)
             return
         log.warning("session %s/%s: storing the answer its previous owner left (%d chars)",
                     self.key.user_id, self.key.room, len(answer.text))
         tokens = await count_tokens_async(answer.text, "assistant", self.profile.model)
         replaced = [m for m in self.messages if m.id in set(answer.replaces)]
         await self._store_answer(answer.text, tokens, replaced, partial=True)
+        await self._settle(answer.gen, answer.usage, tokens)
 
-    async def _read_inbox(self) -> None:
-        """Take the inputs waiting in the inbox, in its order (queued behind an answer, or
-        handled now when the session is free)."""
+    async def _read_inbox(self, entries: list[InboxEntry] | None = None) -> None:
+        """Take the inputs waiting in the inbox (``entries`` when just read), in its order
+        (queued behind an answer, or handled now when the session is free)."""
         cluster = self.cluster
-        entries = await cluster.inbox.read(self.key.user_id, self.key.room, self.slot.inbox_seen)
+        if entries is None:
+            entries = await cluster.inbox.read(self.key.user_id, self.key.room,
+                                               self.slot.inbox_seen)
         oldest = time.time() * 1000 - INBOX_MAX_AGE_SECONDS * 1000
         stale: list[str] = []
         for entry in entries:
@@ -373,8 +396,9 @@ class SessionActor(Actor[SessionMsg]):
             except StorageError as exc:
                 log.warning("session %s/%s: lease not released (it lapses): %s",
                             self.key.user_id, self.key.room, exc)
-        if self.slot.draining:  # sockets of other processes follow the session to its next owner
-            self._send_remote_sockets_on()
+        if self.slot.draining:  # sockets of other processes follow the session to its next
+            self._send_remote_sockets_on()  # owner; this process's own sockets are closed
+            self.slot.moved.set()  # (1012), so their clients reconnect elsewhere
 
     def _moved_away(self) -> None:
         self.slot.lost = True
@@ -388,9 +412,7 @@ class SessionActor(Actor[SessionMsg]):
     def _send_remote_sockets_on(self) -> None:
         """Sockets of other processes (``RemoteOutbox``) attach again, to the next owner."""
         for outbox in self._outboxes():
-            moved = getattr(outbox, "moved", None)  # the cluster module is not imported here
-            if moved is not None:
-                moved()
+            outbox.moved()
 
     async def _stop_here(self) -> None:
         await self._end_answer(frames.error_frame(
@@ -444,6 +466,10 @@ class SessionActor(Actor[SessionMsg]):
                 await self._read_inbox()
             case LeaseLost():
                 self._lose()
+            case Drain():
+                self.slot.draining = True
+                if self.generation is None:
+                    self.stop()
             case FlushUnsaved():
                 self._flush_scheduled = False
                 if not await self._flush_unsaved():
@@ -476,10 +502,10 @@ class SessionActor(Actor[SessionMsg]):
                     await self.cluster.inbox.done(self.key.user_id, self.key.room, msg.entry)
                 return
             if not msg.entry:  # it waits in the inbox, where a next owner would find it
-                await self.cluster.inbox.add(self.key.user_id, self.key.room,
-                                             self.cluster.node, msg.outbox_id, msg.text,
-                                             msg.key_id)
-                await self._read_inbox()  # in the inbox's order, behind earlier arrivals
+                # in the inbox's order, behind earlier arrivals
+                await self._read_inbox(await self.cluster.inbox.add(
+                    self.key.user_id, self.key.room, self.cluster.node, msg.outbox_id,
+                    msg.text, msg.key_id, after=self.slot.inbox_seen))
                 return
             self.pending.append(msg)
             return
@@ -564,6 +590,9 @@ class SessionActor(Actor[SessionMsg]):
         self.nursery.start_soon(self._generate, gen)
 
     async def _next_pending(self) -> None:
+        if self.slot.draining and self.generation is None:
+            self.stop()  # the next owner answers what waits (it stays in the inbox)
+            return
         while self.generation is None and self.pending:
             await self._process(self.pending.popleft())
 
@@ -605,7 +634,8 @@ class SessionActor(Actor[SessionMsg]):
         answer's cancel scope, so nothing is mirrored once the answer ends: a mirror write
         queued before the answer's own store runs before it (the Redis actor keeps order)."""
         answer = AnswerInProgress(gen=gen.slot_id, answering=gen.answering.id,
-                                  replaces=[m.id for m in gen.replaces], text="")
+                                  replaces=[m.id for m in gen.replaces], text="",
+                                  usage=gen.usage())
         while True:
             await trio.sleep(MIRROR_EVERY)
             if len(gen.parts) > gen.mirrored:
@@ -677,20 +707,11 @@ class SessionActor(Actor[SessionMsg]):
         if gen is None:
             return
         gen.cancel_scope.cancel()  # the upstream response closes as the task unwinds
-        limits = self.deps.limits
-        await limits.end_answer(self.key.user_id, gen.slot_id)
         tokens = (await count_tokens_async(gen.text, "assistant", self.profile.model)
-                  if gen.parts else 0)
-        if gen.budget_day:  # what it spent: its prompt and its text (nothing if no text came)
-            spent = gen.prompt_tokens + tokens if gen.parts else 0
-            await limits.settle_tokens(self.key.user_id, gen.budget_day, spent - gen.reserved)
-        # Usage: one request, with its tokens as the budget counts them (none if no text came).
-        await limits.record_usage(self.key.user_id, gen.key_id, gen.model,
-                                  prompt_tokens=gen.prompt_tokens if gen.parts else 0,
-                                  answer_tokens=tokens)
+                  if gen.parts else None)
         if gen.parts and not store:  # a mirror may exist (or be on its way): it goes
             await self.deps.store.drop_answer(self.key.user_id, self.key.room, self.fence)
-        if store and gen.parts:
+        if store and tokens is not None:
             try:
                 await self._store_answer(gen.text, tokens, gen.replaces, partial=not complete)
             except StorageError as exc:
@@ -699,10 +720,27 @@ class SessionActor(Actor[SessionMsg]):
                 last_frame = frames.error_frame(
                     self.key.room, "answer_not_saved", HUMAN_ERRORS["answer_not_saved"],
                     str(exc))
+        # Settled after the store: an owner whose store was refused (the session moved) has
+        # settled nothing, and the next owner settles from the answer's mirror.
+        await self._settle(gen.slot_id, gen.usage(), tokens)
         metrics.answer_finished(chat_metrics.answer_reason(last_frame, complete=complete,
                                                            store=store),
                                 trio.current_time() - gen.started)
         self._push(self._outboxes(), last_frame)
+
+    async def _settle(self, slot_id: str, usage: AnswerUsage, tokens: int | None) -> None:
+        """An answer ended (``tokens``: its text's, None when no text came): its slot among
+        the user's answers at once goes back, its token reservation is settled to what it
+        spent (its prompt and text; nothing without text), and its usage counted."""
+        limits = self.deps.limits
+        await limits.end_answer(self.key.user_id, slot_id)
+        spent = usage.prompt_tokens + tokens if tokens is not None else 0
+        if usage.budget_day:
+            await limits.settle_tokens(self.key.user_id, usage.budget_day, spent - usage.reserved)
+        await limits.record_usage(self.key.user_id, usage.key_id,
+                                  usage.model or self.profile.model,
+                                  prompt_tokens=usage.prompt_tokens if tokens is not None else 0,
+                                  answer_tokens=tokens or 0)
 
     async def _store_answer(self, text: str, tokens: int, replaces: Sequence[StoredMessage],
                             *, partial: bool) -> None:
@@ -744,7 +782,7 @@ class SessionActor(Actor[SessionMsg]):
         after = [m for m in self.messages if m.id not in removed] + list(append)
         try:
             if self.slot.unsaved is not None:  # Redis is behind: the whole context, in order
-                await self._rewrite(after)
+                await self._rewrite(after, self.profile)
                 self._saved_again()
             else:
                 applied = await self.deps.store.change(
@@ -756,7 +794,7 @@ class SessionActor(Actor[SessionMsg]):
                 else:
                     log.error("session %s/%s stored context differed from the session's: "
                               "rewritten", self.key.user_id, self.key.room)
-                    await self._rewrite(after)
+                    await self._rewrite(after, self.profile)
         except (StorageUnavailable, StorageTimeout) as exc:
             changes = self.slot.unsaved.changes if self.slot.unsaved is not None else 0
             if self._stopping or changes >= UNSAVED_LIMIT:
@@ -771,9 +809,13 @@ class SessionActor(Actor[SessionMsg]):
             self.slot.unsaved = Unsaved(self.profile, after, self.next_id,
                                         self.slot.unsaved.changes)
 
-    async def _rewrite(self, messages: Sequence[StoredMessage]) -> None:
+    async def _rewrite(self, messages: Sequence[StoredMessage], profile: Profile | None) -> None:
+        """The stored context replaced whole (the profile kept when None); an answer in
+        progress keeps its mirror."""
+        gen = self.generation
         await self.deps.store.rewrite(self.key.user_id, self.key.room, messages, self.next_id,
-                                      profile=self.profile, fence=self.fence)
+                                      profile=profile, fence=self.fence,
+                                      answering=gen.slot_id if gen is not None else "")
 
     def _saved_again(self) -> None:
         if self.slot.unsaved is not None:
@@ -787,7 +829,7 @@ class SessionActor(Actor[SessionMsg]):
         if self.slot.unsaved is None:
             return True
         try:
-            await self._rewrite(self.messages)
+            await self._rewrite(self.messages, self.profile)
         except StorageError as exc:
             log.info("session %s/%s: Redis still refuses the kept changes: %s",
                      self.key.user_id, self.key.room, exc)
@@ -824,8 +866,7 @@ class SessionActor(Actor[SessionMsg]):
 
     async def clear(self, *, reset_profile: bool = False) -> None:
         profile = Profile(model=self.settings.default_model) if reset_profile else None
-        await self.deps.store.rewrite(self.key.user_id, self.key.room, [], self.next_id,
-                                      profile=profile, fence=self.fence)
+        await self._rewrite([], profile)
         self.messages = []
         if profile is not None:
             self.profile = profile

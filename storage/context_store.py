@@ -9,7 +9,8 @@ Key layout (``P`` is the Redis actor's prefix, ``U`` the user id, ``R`` the room
     P ctx:U:R:lease      string "<node> <token>" of the process that owns the session (PX)
     P ctx:U:R:fence      string the token of the session's newest owner
     P ctx:U:R:inbox      stream inputs waiting for the owner (``storage.session_inbox``)
-    P ctx:U:R:answer     hash   the answer in progress: gen, answering, replaces (JSON), text
+    P ctx:U:R:answer     hash   the answer in progress: gen, answering, replaces (JSON), text,
+                              usage (JSON: what its store settles)
 
 Ownership and fencing (``storage.session_leases``): a process that owns a session passes its
 ``Fence`` with every write; the script refuses the write (``SessionMoved``) when the fence key
@@ -115,13 +116,26 @@ class Fence:
 
 
 @dataclass(frozen=True)
+class AnswerUsage:
+    """What whoever stores an answer in progress settles for it: the token budget it
+    reserved (on ``budget_day``), its prompt's tokens, the key and model of its usage."""
+
+    key_id: int | None = None
+    model: str = ""
+    prompt_tokens: int = 0
+    reserved: int = 0
+    budget_day: str = ""
+
+
+@dataclass(frozen=True)
 class AnswerInProgress:
     """The mirror of an answer that was streaming when its owner stopped or died."""
 
-    gen: str  # unique per answer (across owners: ids restart with each one)
+    gen: str  # unique per answer (across owners: ids restart with each one); its limit slot
     answering: int  # the id of the message it answers
     replaces: list[int]  # ids of the answers it replaces once stored (/retry)
     text: str
+    usage: AnswerUsage = field(default_factory=AnswerUsage)
 
 
 @dataclass(frozen=True)
@@ -198,10 +212,12 @@ class ContextStore:
         if raw_messages and not meta:
             repairs.append("meta missing next to stored messages")
         next_id = max([int(meta.get("next_id", 0)) if meta else 0, *(m.id for m in messages)])
-        if repairs:
-            await self.rewrite(user_id, room, messages, next_id, profile=profile, fence=fence)
+        interrupted = _answer(_pairs(answer_pairs))
+        if repairs:  # the mirror stays: the caller stores it
+            await self.rewrite(user_id, room, messages, next_id, profile=profile, fence=fence,
+                               answering=interrupted.gen if interrupted else "")
         return LoadedContext(profile=profile, messages=messages, next_id=next_id, repairs=repairs,
-                             interrupted=_answer(_pairs(answer_pairs)))
+                             interrupted=interrupted)
 
     async def change(
         self,
@@ -239,14 +255,17 @@ class ContextStore:
 
     async def rewrite(
         self, user_id: int, room: str, messages: Sequence[StoredMessage], next_id: int, *,
-        profile: Profile | None = None, fence: Fence | None = None,
+        profile: Profile | None = None, fence: Fence | None = None, answering: str = "",
     ) -> None:
         """Replace the stored history with ``messages`` (and the profile, when given) in one
         step: repairs, ``/clear`` (``messages=[]``), ``/reset`` (with the default profile),
-        and a session rewriting a context that changed under it."""
+        and a session rewriting a context that changed under it (or that Redis could not take
+        for a while). The answer mirror goes unless it is the one of ``answering`` (the
+        ``gen`` of the answer still in progress): a mirror of an answer that ended is in
+        ``messages`` already, or was meant to go."""
         pairs = _flatten(profile.to_mapping()) if profile is not None else []
-        args = [*_fence_args(fence), self._ttl, self._default_model, next_id, len(pairs),
-                *pairs, *(m.to_json() for m in messages)]
+        args = [*_fence_args(fence), self._ttl, self._default_model, next_id, answering,
+                len(pairs), *pairs, *(m.to_json() for m in messages)]
         _fenced(await self._redis.eval(_REWRITE, self.keys(user_id, room), args))
 
     async def mirror_answer(self, user_id: int, room: str, answer: AnswerInProgress,
@@ -255,7 +274,7 @@ class ContextStore:
         after its owner died stores this text as a partial answer. ``more_text`` is what
         came since the last call for the same ``answer.gen`` (appended)."""
         args = [*_fence_args(fence), self._ttl, answer.gen, answer.answering,
-                json.dumps(answer.replaces), more_text]
+                json.dumps(answer.replaces), more_text, json.dumps(asdict(answer.usage))]
         _fenced(await self._redis.eval(_MIRROR, self.keys(user_id, room), args))
 
     async def drop_answer(self, user_id: int, room: str, fence: Fence | None) -> None:
@@ -321,7 +340,8 @@ def _answer(data: dict[str, str]) -> AnswerInProgress | None:
     try:
         return AnswerInProgress(gen=data["gen"], answering=int(data["answering"]),
                                 replaces=[int(i) for i in json.loads(data["replaces"])],
-                                text=data.get("text", ""))
+                                text=data.get("text", ""),
+                                usage=AnswerUsage(**json.loads(data.get("usage", "{}"))))
     except (KeyError, ValueError, TypeError):
         return None
 
@@ -354,30 +374,31 @@ touch(ARGV[3])
 return 1
 """
 
-# ARGV after the fence: ttl, default model, next_id, m (profile pair items, 0: keep the
-# profile), the m items, then the JSON texts of the messages.
+# ARGV after the fence: ttl, default model, next_id, the gen whose answer mirror stays ('':
+# none), m (profile pair items, 0: keep the profile), the m items, then the messages' JSON.
 _REWRITE = _FENCE + """
-local m = tonumber(ARGV[6])
+local m = tonumber(ARGV[7])
 redis.call('DEL', KEYS[2])
+if redis.call('HGET', KEYS[7], 'gen') ~= ARGV[6] then redis.call('DEL', KEYS[7]) end
 if m > 0 then
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + m))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 8, 7 + m))
 end
-local count = #ARGV - 6 - m
-if count > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 7 + m)) end
+local count = #ARGV - 7 - m
+if count > 0 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 8 + m)) end
 redis.call('HSET', KEYS[3], 'next_id', ARGV[5], 'count', count)
 redis.call('HSETNX', KEYS[1], 'model', ARGV[4])
 touch(ARGV[3])
 return 1
 """
 
-# ARGV after the fence: ttl, gen, answering id, replaced ids (JSON), text to append. A new gen
-# starts the mirror over.
+# ARGV after the fence: ttl, gen, answering id, replaced ids (JSON), text to append, usage
+# (JSON). A new gen starts the mirror over.
 _MIRROR = _FENCE + """
 if redis.call('HGET', KEYS[7], 'gen') ~= ARGV[4] then
   redis.call('DEL', KEYS[7])
   redis.call('HSET', KEYS[7], 'gen', ARGV[4], 'answering', ARGV[5], 'replaces', ARGV[6],
-             'text', ARGV[7])
+             'text', ARGV[7], 'usage', ARGV[8])
 else
   redis.call('HSET', KEYS[7], 'text', redis.call('HGET', KEYS[7], 'text') .. ARGV[7])
 end

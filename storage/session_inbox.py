@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from storage.context_store import RedisLike, session_keys
 from storage.node_mail import MAIL_MAXLEN, mail_key, stream_fields
@@ -35,6 +36,15 @@ local mail = ARGV[4] .. string.match(owner, '^(%S+)')
 redis.call('XADD', mail, 'MAXLEN', '~', ARGV[8], '*', 'k', 'poke', 'u', ARGV[5], 'r', ARGV[6])
 redis.call('PEXPIRE', mail, ARGV[7])
 return {id}
+"""
+
+
+# KEYS: inbox. ARGV: inbox maxlen, the entry's JSON, ttl, the XRANGE start of what the owner
+# has not read yet. The entries from there, the new one last.
+_ADD = """
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('XRANGE', KEYS[1], ARGV[4], '+', 'COUNT', ARGV[5])
 """
 
 
@@ -82,21 +92,22 @@ class SessionInbox:
         return None if isinstance(result, list) else str(result)
 
     async def add(self, user_id: int, room: str, node: str, socket: int, text: str,
-                  key_id: int | None) -> str:
-        """The owner queues an input of one of its own sockets; the entry's id."""
-        key = self._key(user_id, room)
+                  key_id: int | None, *, after: str, count: int = 100) -> list[InboxEntry]:
+        """The owner queues an input of one of its own sockets, behind what arrived before it;
+        in one step, what the owner has not read yet (``read(after)``), this entry last."""
         entry = InboxEntry("", node, socket, text, key_id, 0).to_json()
-        entry_id = await self._redis.execute("XADD", key, "MAXLEN", "~", INBOX_MAXLEN, "*",
-                                             "m", entry)
-        await self._redis.execute("EXPIRE", key, self._ttl)
-        return str(entry_id)
+        raw = await self._redis.eval(_ADD, [self._key(user_id, room)],
+                                     [INBOX_MAXLEN, entry, self._ttl, _start(after), count])
+        return await self._parse(user_id, room, raw)
 
     async def read(self, user_id: int, room: str, after: str, count: int = 100
                    ) -> list[InboxEntry]:
         """Entries after ``after`` ('-' for all), oldest first; unreadable ones are dropped."""
-        key = self._key(user_id, room)
-        start = "-" if after == "-" else f"({after}"
-        raw = await self._redis.execute("XRANGE", key, start, "+", "COUNT", count)
+        raw = await self._redis.execute("XRANGE", self._key(user_id, room), _start(after), "+",
+                                        "COUNT", count)
+        return await self._parse(user_id, room, raw)
+
+    async def _parse(self, user_id: int, room: str, raw: list[Any]) -> list[InboxEntry]:
         entries, bad = [], []
         for entry_id, fields in raw:
             try:
@@ -110,3 +121,7 @@ class SessionInbox:
     async def done(self, user_id: int, room: str, *entry_ids: str) -> None:
         if entry_ids:
             await self._redis.execute("XDEL", self._key(user_id, room), *entry_ids)
+
+
+def _start(after: str) -> str:
+    return "-" if after == "-" else f"({after}"

@@ -30,16 +30,22 @@ def serving(db_settings: Settings, log_dir: Path, *, ready: bool = True, port: i
     """The run command on ``port`` or a free one (ready, unless told not to wait); stopped
     after."""
     port = port or free_port()
-    proc = start_proc("serve", [sys.executable, "-m", "scripts.serve"], {
-        **os.environ, "CHAT_ENV_FILE": "", "API_ENV": "test", "PORT": str(port),
-        "MOCK_UPSTREAM_PORT": str(free_port()), "REDIS_KEY_PREFIX": db_settings.redis_key_prefix,
-        "DATABASE_URL": str(db_settings.database_url), **env}, log_dir)
+    proc = start_serving(db_settings, log_dir, port, **env)
     try:
         if ready:
             wait_http(proc, f"http://127.0.0.1:{port}/health/ready", timeout=60)
         yield proc
     finally:
         proc.stop()
+
+
+def start_serving(db_settings: Settings, log_dir: Path, port: int, *, name: str = "serve",
+                  **env: str) -> Proc:
+    """``python -m scripts.serve`` on ``port``, with its own mock upstream; not waited for."""
+    return start_proc(name, [sys.executable, "-m", "scripts.serve"], {
+        **os.environ, "CHAT_ENV_FILE": "", "API_ENV": "test", "PORT": str(port),
+        "MOCK_UPSTREAM_PORT": str(free_port()), "REDIS_KEY_PREFIX": db_settings.redis_key_prefix,
+        "DATABASE_URL": str(db_settings.database_url), **env}, log_dir)
 
 
 def stop(proc: Proc) -> str:

@@ -4,9 +4,12 @@ them all without a close frame, and the sessions would stop only after that, wit
 to hear how their answers ended.
 
 1. No new chat sockets (503 ``server_restarting``).
-2. Answers in flight may finish for ``SHUTDOWN_GRACE_SECONDS``.
-3. Every session stops: an answer still running is cut, its text stored as partial, and a
-   ``session_stopped`` error takes its terminator's place on every socket.
+2. Each session stops as soon as its answer in flight ends (an idle one at once): no new
+   answer starts here, what waits stays in the session's inbox, and the session moves to
+   another process with the sockets of other processes; this process's own sockets of it are
+   closed as in 4. Answers get ``SHUTDOWN_GRACE_SECONDS`` to end.
+3. Every session still running then stops: its answer is cut, its text stored as partial, and
+   a ``session_stopped`` error takes its terminator's place on every socket.
 4. Every socket gets a last error frame ``server_restarting`` (``close: true``) and a close
    frame 1012 (service restart), so its client reconnects; the drain waits (bounded) until they
    are closed.
@@ -24,6 +27,7 @@ from web.services import SERVICES_EXTENSION, Services
 log = logging.getLogger("chat.drain")
 
 CLOSE_RESTART = 1012
+RESTARTING = ("server_restarting", "The server is restarting; reconnect in a moment.")
 CLOSE_WAIT = 3.0  # seconds for the sockets to flush their last frames and close
 
 
@@ -33,16 +37,16 @@ async def drain_chat(app: object) -> None:
         return
     chat, watch = services.chat, services.socket_watch
     services.draining = True
+    chat.registry.begin_drain()  # each session stops (and moves) as its answer ends
     with trio.move_on_after(services.settings.shutdown_grace_seconds):
-        while chat.registry.generating():
+        while len(chat.registry):
             await trio.sleep(0.05)
     cut = chat.registry.generating()
     log.info("draining: stopping %d session(s), %d answer(s) cut", len(chat.registry), cut)
     await chat.registry.stop()
     if watch is None:
         return
-    watch.close_all("server_restarting", "The server is restarting; reconnect in a moment.",
-                    CLOSE_RESTART)
+    watch.close_all(*RESTARTING, CLOSE_RESTART)
     with trio.move_on_after(CLOSE_WAIT):
         while len(watch):
             await trio.sleep(0.02)

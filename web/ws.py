@@ -31,6 +31,7 @@ from chat_actors.service import Chat
 from core import metrics
 from core.errors import AccountClosed, ActorDead, ApiError, RateLimited, StorageError
 from web.auth_keys import AuthedKey, authenticate_access_key
+from web.drain import CLOSE_RESTART, RESTARTING
 from web.services import SERVICES_EXTENSION, Services, get_services
 from web.socket_watch import ACCOUNT_CLOSED, CLOSE_POLICY, WatchedSocket
 from web.state import state_of
@@ -47,6 +48,9 @@ OUTBOX_STUCK_SECONDS = 30.0
 #: an answer (503 / an error frame) instead of a socket that hangs.
 JOIN_TIMEOUT = 15.0
 CLOSE_ERROR = 1011
+#: Ends an answer whose owner process died mid-stream; the next owner stores its text so far.
+OWNER_LOST = ("session_restarted",
+              "The server process running this chat stopped; the answer so far is kept.")
 
 
 class BadFrame(Exception):
@@ -234,6 +238,12 @@ class ChatSocket:
                     return
                 if self.session is not handle:
                     continue
+                if self.registry.draining:  # this process is shutting down: go elsewhere
+                    self.end(*RESTARTING, CLOSE_RESTART)
+                    return
+                if self.outbox.answer_open:  # its owner died mid-answer: the text so far
+                    self.outbox.push(frames.error_frame(  # is kept, by the next owner
+                        self.room, *OWNER_LOST))
                 if not await self._join("session_unavailable", "The chat session could not "
                                         "be reached; reconnect to continue."):
                     return
@@ -285,6 +295,9 @@ class ChatSocket:
                 self.end(*ACCOUNT_CLOSED)
                 return
             except ActorDead:  # no session could be started (the server is stopping)
+                if self.registry.draining:  # it is: the client goes elsewhere
+                    self.end(*RESTARTING, CLOSE_RESTART)
+                    return
                 self.outbox.push(frames.error_frame(
                     self.room, "session_unavailable",
                     "The chat session could not be started; retry shortly."))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from storage.context_store import ContextStore, Profile, StoredMessage
+from storage.context_store import (
+    AnswerInProgress,
+    AnswerUsage,
+    ContextStore,
+    Profile,
+    StoredMessage,
+)
 from storage.redis_actor import RedisActor
 
 USER, ROOM = 42, "r1"
@@ -140,3 +146,20 @@ async def test_checked_change_refuses_when_the_list_is_not_as_believed(
     assert not await store.change(USER, ROOM, remove=[msg(1)], append=[msg(5)], next_id=5,
                                   count=1)
     assert [m.id for m in (await store.load(USER, ROOM)).messages] == [4]
+
+
+async def test_a_rewrite_keeps_only_the_mirror_of_the_answer_still_in_progress(
+        redis_actor: RedisActor) -> None:
+    """A context written whole (Redis was away while an answer ended, /clear, a repair) drops
+    a mirror of an answer that ended: the next owner would store it a second time."""
+    store = store_for(redis_actor)
+    await store.change(USER, ROOM, append=[msg(1)], next_id=1, count=1)
+    usage = AnswerUsage(key_id=7, model="gpt-4o", prompt_tokens=12, reserved=40,
+                        budget_day="20261202")
+    await store.mirror_answer(USER, ROOM, AnswerInProgress("g1", 1, [], "", usage), "so far",
+                              None)
+    await store.rewrite(USER, ROOM, [msg(1)], 1, answering="g1")  # still streaming: kept
+    kept = (await store.load(USER, ROOM)).interrupted
+    assert kept == AnswerInProgress("g1", 1, [], "so far", usage)
+    await store.rewrite(USER, ROOM, [msg(1), msg(2, "assistant", "so far")], 2)  # it ended
+    assert (await store.load(USER, ROOM)).interrupted is None

@@ -122,3 +122,47 @@ async def test_stopping_the_owner_moves_the_session_to_the_other_server(
                 await on_b.send("two")
                 text, last = await on_b.answer()
                 assert text and "error" not in last
+
+
+async def test_queue_order_retry_and_room_moves_across_servers(
+        pair: tuple[ChatServer, ChatServer]) -> None:
+    a, b = pair
+    user = await a.new_user()
+    async with chat_socket(a, user.access_key) as on_a, chat_socket(b, user.access_key) as on_b:
+        # Sent from both servers while an answer streams: answered in the order they reached
+        # the owner, each once, the same on both sockets.
+        await on_a.send("first [mock tokens=40 delay_ms=10]")
+        first = await on_a.frame()
+        assert first["finish"] is False
+        for socket, text in ((on_b, "q1"), (on_a, "q2"), (on_b, "q3")):
+            await socket.send(text)
+            await trio.sleep(0.1)  # so that they reach the owner in this order
+        seen_a, seen_b = await on_a.events(4), await on_b.events(4)
+        seen_a[0] = ("text", first["msg"] + seen_a[0][1])
+        assert [e for e in seen_a if e[0] != "echo"] == [e for e in seen_b if e[0] != "echo"]
+        async with chat_socket(b, user.access_key, read_init=False) as probe:
+            history = await probe.init()
+        users = [m["content"] for m in history if m["is_user"]]
+        assert users == ["first [mock tokens=40 delay_ms=10]", "q1", "q2", "q3"]
+        # /retry from the socket that does not own the session: the last answer streamed again
+        # to both and replaced.
+        last = history[-1]["content"]
+        await on_b.send("/retry")
+        retried_b, end_b = await on_b.answer()
+        retried_a, end_a = await on_a.answer()
+        assert retried_a == retried_b and "error" not in end_a and "error" not in end_b
+        async with chat_socket(a, user.access_key, read_init=False) as probe:
+            history = await probe.init()
+        # replaced, not added (the mock answers the same question alike)
+        assert len(history) == 8 and history[-1]["content"] == retried_b == last
+        # Room moves: b's socket moves to a room a's socket is in; a's to b's room.
+        async with chat_socket(a, user.access_key, room="x") as in_x:
+            await on_b.send("hello x", chat_room_id="x")
+            history_x = await on_b.init()  # the room's init frame first
+            assert history_x == []
+            assert (await in_x.frame())["is_user"] is True  # b's message echoed in room x
+            text_x, _ = await in_x.answer()
+            text_b, _ = await on_b.answer()
+            assert text_x == text_b
+        await on_a.send("/ping")
+        assert (await on_a.reply())["msg"] == "pong"  # a's socket still in room 0
