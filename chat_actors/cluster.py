@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from chat_actors.frames import Frame, mergeable
+from chat_actors.moves import MoveSignal
 from chat_actors.outbox import Outbox
 from core.errors import StorageError
 from storage.node_mail import NodeMail, load_letter
@@ -228,7 +229,7 @@ class SessionHandle:
     room: str
     ref: Any = None  # the local actor's ActorRef, or None
     owner: str = ""  # the lease value of the owning node when the session is elsewhere
-    moved: trio.Event = field(default_factory=trio.Event)
+    moved: MoveSignal = field(default_factory=MoveSignal)
 
     @property
     def remote(self) -> bool:

@@ -7,13 +7,14 @@ a slow socket costs one growing list of strings instead of a growing queue of fr
 
 A socket is cut instead of waited for: when the oldest frame it has not taken has waited longer
 than ``stuck_after`` seconds, or when more than ``max_frames`` unmergeable frames pile up, the
-outbox closes with a reason, drops what is queued, and ``closed_event`` fires so the socket's
-tasks can close the connection even while the writer is blocked in a send.
+outbox closes with a reason, drops what is queued, and calls ``on_close``, so the socket can
+close the connection even while its writer is blocked in a send.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -50,7 +51,8 @@ class Outbox:
         self.closed = False
         self.close_reason = ""
         self.dropped = False  # cut because the socket did not keep up (the client's doing)
-        self.closed_event = trio.Event()
+        #: Called once the outbox is closed (set by the socket; never waits).
+        self.on_close: Callable[[], None] | None = None
         self.frames_pushed = 0
         self.frames_coalesced = 0
         #: An answer's deltas were pushed and its last frame was not (yet): what a socket
@@ -90,11 +92,12 @@ class Outbox:
         if drop:
             self._queue.clear()
         self._wakeup.set()
-        self.closed_event.set()
+        if self.on_close is not None:
+            self.on_close()
 
     def moved(self) -> None:
         """The session stops here for good and goes on elsewhere. A socket of this process
-        follows by itself (its handle's ``moved`` event); a socket of another process is told
+        follows by itself (its handle's ``moved`` signal); a socket of another process is told
         (``RemoteOutbox``)."""
 
     async def next_frame(self) -> Frame:

@@ -28,6 +28,7 @@ import trio.lowlevel
 from chat_actors import frames
 from chat_actors.actor import ActorRef
 from chat_actors.cluster import Cluster, RemoteOutbox, SessionHandle
+from chat_actors.moves import MoveSignal
 from chat_actors.outbox import Outbox
 from chat_actors.session import (
     Attach,
@@ -47,6 +48,7 @@ from chat_actors.session import (
 )
 from chat_actors.session_deps import SessionDeps
 from chat_actors.supervisor import ChildSpec, DynamicSupervisor, Restart
+from core import metrics
 from core.errors import (
     AccountClosed,
     ActorDead,
@@ -361,7 +363,7 @@ class SessionRegistry:
             return handle
         slot = self._slots.get(key)
         return SessionHandle(user_id, room, ref,
-                             moved=slot.moved if slot is not None else trio.Event())
+                             moved=slot.moved if slot is not None else MoveSignal())
 
     async def detach(self, handle: SessionHandle, outbox: Outbox) -> None:
         """Once this returns, the session pushes nothing more into ``outbox``. Safe in
@@ -391,6 +393,7 @@ class SessionRegistry:
         if holder is not None:
             handle.moved.set()
             raise ActorDead(f"session {handle.user_id}/{handle.room} moved")
+        metrics.message_forwarded()
 
     async def close_user(self, user_id: int) -> None:
         """The account is gone: no session of it starts again, here or elsewhere; its

@@ -24,6 +24,7 @@ import trio
 from chat_actors import chat_metrics, frames
 from chat_actors.actor import Actor, Request
 from chat_actors.budget import Budget, build_prompt, check_message, trim_history
+from chat_actors.moves import MoveSignal
 from chat_actors.outbox import Outbox
 from chat_actors.session_deps import SessionDeps
 from chat_actors.tokens import count_tokens_async
@@ -235,7 +236,7 @@ class SessionSlot:
     #: The lease moved to another process: nothing more is written from here.
     lost: bool = False
     #: Set when the session stops here for good because it moved: local sockets attach again.
-    moved: trio.Event = field(default_factory=trio.Event)
+    moved: MoveSignal = field(default_factory=MoveSignal)
     #: The server is stopping: the session's queued inputs wait in its inbox for the next owner.
     draining: bool = False
     #: The last inbox entry read ('-': none yet).

@@ -12,7 +12,7 @@ it across worker processes. ``GET /metrics`` (``web.metrics_endpoint``) serves `
 | ``chat_upstream_errors_total`` | counter | ``kind`` | failed upstream HTTP attempts, retried ones too |
 | ``chat_storage_seconds`` | histogram | ``store``, ``op`` | one Redis crossing / one SQL unit of work |
 | ``chat_limit_refusals_total`` | counter | ``limit`` | requests a limit refused (``LIMITS``) |
-| ``chat_forwarded_messages_total`` | counter | | messages forwarded to the process owning a session: always 0 (sessions are not shared between processes yet) |
+| ``chat_forwarded_messages_total`` | counter | | inputs a socket sent to a session owned by another process (through the session's inbox in Redis) |
 
 plus the process basics: prometheus-client's default collectors in one process (``process_*``,
 ``python_gc_*``, ``python_info``); with several workers, ``python_info`` and the ``process_*``
@@ -117,8 +117,8 @@ class Metrics:
                                       ["limit"], registry=reg)
         self.forwarded = Counter(
             "chat_forwarded_messages",
-            "Messages forwarded to the process that owns their session; always 0 until "
-            "sessions are shared between processes (docs/architecture.md).", registry=reg)
+            "Inputs (messages, commands) a socket of this process sent to a session owned by "
+            "another process, through the session's inbox in Redis.", registry=reg)
         # Every known series exists from the start, at 0; children are looked up once.
         self._finished = {reason: self.answers_finished.labels(reason) for reason in REASONS}
         self._upstream = {kind: self.upstream_errors.labels(kind) for kind in UPSTREAM_KINDS}
@@ -230,6 +230,10 @@ def storage_call(store: str, op: str, seconds: float) -> None:
 
 def limit_refused(limit: str) -> None:
     current().refused(limit).inc()
+
+
+def message_forwarded() -> None:
+    current().forwarded.inc()
 
 
 # ---------------------------------------------------------------- live gauges, scrapes

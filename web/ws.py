@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import orjson
 import trio
-from quart import Blueprint, current_app, request, websocket
+from quart import Blueprint, copy_current_websocket_context, current_app, request, websocket
 from quart.wrappers import Response
 
 from chat_actors import frames
@@ -203,6 +204,8 @@ class ChatSocket:
         self._entering = trio.Lock()  # a room move, a resend and a session move take turns
         self.max_bytes = chat.settings.max_frame_bytes
         self.close_code: int | None = None  # set when the server ends the socket on purpose
+        self._nursery: trio.Nursery | None = None  # the socket's tasks, while it runs
+        self._closer: Callable[[trio.CancelScope], Awaitable[None]] = self._close_connection
 
     def end(self, code: str, msg: str, close_code: int = CLOSE_POLICY) -> None:
         """The server ends this socket (key revoked, account closed, shutdown): a last error
@@ -216,37 +219,45 @@ class ChatSocket:
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                # started from whichever task closes the outbox: in this socket's context
+                self._closer = copy_current_websocket_context(self._close_connection)
+                self.outbox.on_close = self._on_outbox_closed
                 nursery.start_soon(self._writer)
-                nursery.start_soon(self._watch_close, nursery.cancel_scope)
                 if not await self._join("storage_unavailable",
                                         "The chat session could not be started; retry shortly."):
                     return
-                nursery.start_soon(self._follow_moves)
                 await self._reader()
         finally:
+            self._nursery = None
             self.outbox.close()
             if self.session is not None:
+                self.session.moved.forget(self._on_moved)
                 await self.registry.detach(self.session, self.outbox)
 
-    async def _follow_moves(self) -> None:
-        """When the session stops here for good or its owner changes, attach again: to the new
-        owner, or here, which takes the session over (its queued inputs, its partial answer)."""
-        while (handle := self.session) is not None:
-            await handle.moved.wait()
-            async with self._entering:
-                if self.outbox.closed:
-                    return
-                if self.session is not handle:
-                    continue
-                if self.registry.draining:  # this process is shutting down: go elsewhere
-                    self.end(*RESTARTING, CLOSE_RESTART)
-                    return
-                if self.outbox.answer_open:  # its owner died mid-answer: the text so far
-                    self.outbox.push(frames.error_frame(  # is kept, by the next owner
-                        self.room, *OWNER_LOST))
-                if not await self._join("session_unavailable", "The chat session could not "
-                                        "be reached; reconnect to continue."):
-                    return
+    def _on_moved(self) -> None:
+        """The session this socket is attached to stopped here for good, or its owner
+        changed: attach again (called by the handle's ``MoveSignal``; never waits)."""
+        if self._nursery is not None and not self.outbox.closed:
+            try:
+                self._nursery.start_soon(self._rejoin)
+            except RuntimeError:  # the socket's nursery is closing: it goes anyway
+                pass
+
+    async def _rejoin(self) -> None:
+        """Attach again: to the new owner, or here, which takes the session over (its queued
+        inputs, its partial answer)."""
+        async with self._entering:
+            handle = self.session
+            if self.outbox.closed or handle is None or not handle.moved.is_set():
+                return  # gone, or attached again meanwhile (a room change)
+            if self.registry.draining:  # this process is shutting down: go elsewhere
+                self.end(*RESTARTING, CLOSE_RESTART)
+                return
+            if self.outbox.answer_open:  # its owner died mid-answer: the text so far is
+                self.outbox.push(frames.error_frame(self.room, *OWNER_LOST))  # kept
+            await self._join("session_unavailable",
+                             "The chat session could not be reached; reconnect to continue.")
 
     async def _join(self, code: str, msg: str) -> bool:
         """Attach to the room's session, bounded; False when the socket was ended instead
@@ -266,10 +277,12 @@ class ChatSocket:
     async def _enter(self, room: str) -> None:
         """Attach to ``room``'s session; its init frame arrives through the outbox."""
         if self.session is not None:
+            self.session.moved.forget(self._on_moved)
             await self.registry.detach(self.session, self.outbox)
             self.session = None
         self.room = room
         self.session = await self.registry.attach(self.user_id, room, self.outbox)
+        self.session.moved.listen(self._on_moved)
         self.chat.rooms.touched(self.user_id, room)
 
     async def _reader(self) -> None:
@@ -348,11 +361,16 @@ class ChatSocket:
         if scope.cancelled_caught:
             self.outbox.close("socket stuck: a send did not complete", drop=True)
 
-    async def _watch_close(self, cancel_scope: trio.CancelScope) -> None:
-        """When the session cuts this socket, close the connection at once."""
-        await self.outbox.closed_event.wait()
-        if not self.outbox.close_reason:
-            return  # a plain close from our own finally
+    def _on_outbox_closed(self) -> None:
+        """The session (or the writer) cut this socket: close the connection at once, even
+        while the writer is stuck in a send. A plain close (no reason) is our own finally's."""
+        if self.outbox.close_reason and self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._closer, self._nursery.cancel_scope)
+            except RuntimeError:  # the socket's nursery is closing: it goes anyway
+                pass
+
+    async def _close_connection(self, cancel_scope: trio.CancelScope) -> None:
         with trio.move_on_after(1):  # let the writer flush what the session still queued
             while self.outbox.pending:
                 await trio.sleep(0.01)

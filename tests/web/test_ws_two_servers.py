@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
+from core import metrics
 from core.settings import Settings
 from tests.chat_server import ChatServer, chat_socket, running_server
 
@@ -21,6 +22,12 @@ async def pair(db_settings: Settings) -> AsyncIterator[tuple[ChatServer, ChatSer
     async with running_server(db_settings, mock=mock) as a, \
             running_server(db_settings, mock=mock) as b:
         yield a, b
+
+
+def forwarded() -> float:
+    """chat_forwarded_messages_total of this test process (both servers count in it)."""
+    family = metrics.current().forwarded.collect()[0]
+    return next(s.value for s in family.samples if s.name.endswith("_total"))
 
 
 def node_of(server: ChatServer) -> str:
@@ -36,10 +43,12 @@ async def test_sockets_on_both_servers_see_one_session(pair: tuple[ChatServer, C
         # The session's actor lives where the first socket attached; the other server holds
         # no actor of it, only a remote handle.
         assert len(a.services.chat.registry) == 1 and len(b.services.chat.registry) == 0
+        before = forwarded()
         await on_b.send("from b")
         await on_a.send("from a")
         seen_a = await on_a.events(2)
         seen_b = await on_b.events(2)
+        assert forwarded() - before == 1  # b's message went through Redis; a's did not
     # The same stream on both sockets, in the order the owner got the questions; each socket
     # sees the other's question echoed before the answer to it starts.
     texts = [t for kind, t in seen_a if kind == "text"]
