@@ -88,6 +88,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def box_cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of everything on the box a benchmark runs: the server, the mock
+    upstream (and its worker children), Redis, MariaDB, and this load generator itself."""
+    import resource
+
+    def by_name(name: str) -> float:
+        total = 0.0
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if (proc / "comm").read_text().strip() == name:
+                        total += cpu_seconds(int(proc.name))
+                except OSError:  # gone meanwhile
+                    pass
+        return total
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    mock = cpu_seconds(stack.mock_pid)
+    for child in (Path(f"/proc/{stack.mock_pid}/task/{stack.mock_pid}/children")
+                  .read_text().split()):
+        try:
+            mock += cpu_seconds(int(child))
+        except OSError:
+            pass
+    return {"server": sum(cpu_seconds(pid) for pid in stack.cpu_pids), "mock upstream": mock,
+            "redis": by_name("redis-server"), "mariadb": by_name("mariadbd"),
+            "load generator": own.ru_utime + own.ru_stime}
+
+
 def main_thread_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process's main thread alone (Trio's run loop in the server; the rest,
     ``cpu_seconds`` minus this, is the storage bridge's asyncio thread and worker threads)."""
@@ -127,6 +156,7 @@ class Stack:
     server_pids: tuple[int, ...]  # the processes that serve (RSS, CPU): one, or the workers
     mock_pid: int
     parent_pid: int | None = None  # with several workers, their parent (~no CPU of its own)
+    urls: tuple[str, ...] = ()  # with ``servers=N``: each server process's own address
 
     @property
     def server_pid(self) -> int:
@@ -165,13 +195,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int = 1,
-                server_workers: int = 1, backlog: int = 4096,
+                server_workers: int = 1, servers: int = 1, backlog: int = 4096,
                 env: dict[str, str] | None = None, quiet: bool = True) -> Iterator[Stack]:
     """Fresh DB + Redis prefix, mock upstream and chat server processes; cleaned up after.
     ``backlog``: the server's listen backlog (``LISTEN_BACKLOG``'s default; Hypercorn's own
-    is 100)."""
+    is 100). ``servers``: that many separate ``scripts.serve`` processes (one worker each), each
+    on its own port (``Stack.urls``), sharing the database, the Redis prefix and the mock, as
+    separate hosts would; a client then picks the process, which one port cannot offer."""
     from scripts.loadtest import raise_open_files_limit
     from storage.migrate import upgrade
+
+    if servers > 1 and server_workers > 1:
+        raise ValueError("servers=N processes of one worker each, or one with server_workers")
 
     raise_open_files_limit(1 << 20)  # the server inherits it
     run = uuid.uuid4().hex[:8]
@@ -205,21 +240,26 @@ def bench_stack(*, tokens: int = 64, delay_ms: float = 10.0, mock_workers: int =
             **(env or {}),
         }
         # what `make run` runs; the database is migrated already (the server checks it again)
-        server_env.update(HOST="127.0.0.1", PORT=str(port), LISTEN_BACKLOG=str(backlog),
-                          WORKERS=str(server_workers))
-        server = subprocess.Popen([sys.executable, "-m", "scripts.serve"], cwd=ROOT,
-                                  env=server_env, stdout=out, stderr=out)
-        procs.append(server)
-        url = f"http://127.0.0.1:{port}"
-        _wait_ready(url + "/health/ready", server)
+        ports = [port] + [free_port() for _ in range(servers - 1)]
+        started = []
+        for each in ports:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "scripts.serve"], cwd=ROOT, stdout=out, stderr=out,
+                env={**server_env, "HOST": "127.0.0.1", "PORT": str(each),
+                     "LISTEN_BACKLOG": str(backlog), "WORKERS": str(server_workers)})
+            procs.append(server)
+            started.append(server)
+        urls = tuple(f"http://127.0.0.1:{each}" for each in ports)
+        for url, server in zip(urls, started, strict=True):
+            _wait_ready(url + "/health/ready", server)
         pids: tuple[int, ...]
         parent: int | None
         if server_workers == 1:
-            pids, parent = (server.pid,), None
+            pids, parent = tuple(server.pid for server in started), None
         else:
-            pids, parent = worker_pids(server.pid, server_workers), server.pid
-        yield Stack(url=url, mock_url=f"http://127.0.0.1:{mock_port}", server_pids=pids,
-                    mock_pid=mock.pid, parent_pid=parent)
+            pids, parent = worker_pids(started[0].pid, server_workers), started[0].pid
+        yield Stack(url=urls[0], mock_url=f"http://127.0.0.1:{mock_port}", server_pids=pids,
+                    mock_pid=mock.pid, parent_pid=parent, urls=urls)
     finally:
         for proc in reversed(procs):
             _stop(proc)

@@ -1,10 +1,13 @@
 """Connection storm: many sockets connecting within a few seconds, optionally chatting at once.
 
     python -m scripts.bench_storm [--sessions 1000] [--ramp-up 5] [--messages 0] \\
-        [--users 20] [--hold 2] [--env KEY=VALUE ...] [--py-spy storm.txt] [--json out.json]
+        [--users 20] [--hold 2] [--workers 1] [--env KEY=VALUE ...] [--py-spy storm.txt] \
+        [--json out.json]
 
 One mock upstream (64 tokens, 10 ms per token) and one chat server process (``bench_stack``,
-Hypercorn ``--backlog 4096`` unless ``--backlog`` says otherwise), a warm-up (20 sessions x 2
+Hypercorn ``--backlog 4096`` unless ``--backlog`` says otherwise; ``--workers N``: N worker
+processes on that one port, as ``WORKERS=N make run`` runs them, CPU and RSS summed over them,
+``--py-spy`` on the first), a warm-up (20 sessions x 2
 messages), then ``--sessions`` sockets, each on a room of its own (its own session actor),
 their connects started evenly over ``--ramp-up`` seconds, with no bound on the handshakes in
 flight.
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import secrets
 import sys
 import time
@@ -43,7 +47,15 @@ from typing import Any
 
 import trio
 
-from scripts.bench_common import Stack, bench_stack, cpu_seconds, print_dist, proc_status, py_spy
+from scripts.bench_common import (
+    Stack,
+    bench_stack,
+    box_cpu_seconds,
+    cpu_seconds,
+    print_dist,
+    proc_status,
+    py_spy,
+)
 from scripts.bench_cpu import (
     PY_SPY_ATTACH,
     SocketHolder,
@@ -81,6 +93,21 @@ def reset_peak_rss(pid: int) -> bool:
     return True
 
 
+def stack_cpu(stack: Stack) -> float:
+    """CPU seconds of every server process (with ``--workers N``: the workers and parent)."""
+    return sum(cpu_seconds(pid) for pid in stack.cpu_pids)
+
+
+def stack_kib(stack: Stack, field: str = "VmRSS") -> int:
+    """A ``/proc`` memory field summed over the serving processes."""
+    return sum(proc_status(pid, field) for pid in stack.server_pids)
+
+
+def reset_stack_peaks(stack: Stack) -> bool:
+    done = [reset_peak_rss(pid) for pid in stack.server_pids]  # each one, not the first only
+    return all(done)
+
+
 def peak_label(reset: bool) -> str:
     return "peak RSS during the storm (VmHWM)" if reset else "peak RSS since start (VmHWM)"
 
@@ -103,26 +130,26 @@ async def storm_open(stack: Stack, users: Sequence[Credentials], args: argparse.
     holder = SocketHolder(stack.url, users, f"storm-{secrets.token_hex(3)}", args.sessions,
                           connect_timeout=args.connect_timeout)
     rec = holder.rec
-    reset = reset_peak_rss(pid)
-    rss0 = proc_status(pid)
+    reset = reset_stack_peaks(stack)
+    rss0 = stack_kib(stack)
     with collector_paused():
         async with trio.open_nursery() as nursery:
             with py_spy(pid, args.py_spy):
                 if args.py_spy:
                     await trio.sleep(PY_SPY_ATTACH)
-                cpu0 = cpu_seconds(pid)
+                cpu0 = stack_cpu(stack)
                 await holder.start(nursery, ramp_up=args.ramp_up)
                 await holder.settled.wait()
-                cpu1 = cpu_seconds(pid)
-            rss1 = proc_status(pid)
-            idle0, t_idle = cpu_seconds(pid), time.monotonic()
+                cpu1 = stack_cpu(stack)
+            rss1 = stack_kib(stack)
+            idle0, t_idle = stack_cpu(stack), time.monotonic()
             await trio.sleep(args.hold)
-            idle_rate = (cpu_seconds(pid) - idle0) / (time.monotonic() - t_idle)
+            idle_rate = (stack_cpu(stack) - idle0) / (time.monotonic() - t_idle)
             closed_by_server = holder.closed_early()
             t2 = trio.current_time()
             holder.release.set()
         close_s = trio.current_time() - t2
-    peak = proc_status(pid, "VmHWM")
+    peak = stack_kib(stack, "VmHWM")
     connect_ms, init_ms = ms_dist(rec.connect_times), ms_dist(rec.init_times)
     cpu = cpu1 - cpu0
     opened = holder.opened
@@ -167,15 +194,16 @@ async def storm_chat(stack: Stack, users: Sequence[Credentials], args: argparse.
                      connect_timeout=args.connect_timeout)
     plan = MessagePlan(run_id=secrets.token_hex(3), default_tokens=TOKENS)
     cap = args.ramp_up + args.connect_timeout + 5 + args.messages * args.answer_timeout + 30
-    reset = reset_peak_rss(pid)
-    rss0 = proc_status(pid)
+    reset = reset_stack_peaks(stack)
+    rss0 = stack_kib(stack)
     with py_spy(pid, args.py_spy):
         if args.py_spy:
             await trio.sleep(PY_SPY_ATTACH)
-        cpu0 = cpu_seconds(pid)
+        box0 = box_cpu_seconds(stack)
         result = await loadtest(cfg, plan, users, duration=cap)
-        cpu = cpu_seconds(pid) - cpu0
-    peak = proc_status(pid, "VmHWM")
+        box1 = box_cpu_seconds(stack)
+        cpu = box1["server"] - box0["server"]
+    peak = stack_kib(stack, "VmHWM")
     s, rec = result.summary, result.recorder
     done = [m for m in rec.messages if m.total is not None and m.error is None]
     first_sent = min((m.sent_at for m in rec.messages), default=math.nan)
@@ -204,6 +232,10 @@ async def storm_chat(stack: Stack, users: Sequence[Credentials], args: argparse.
     print(f"server RSS {rss0 / 1024:.1f} MiB before; {peak_label(reset)} {peak / 1024:.1f} MiB")
     print_profile(args.py_spy, "storm")
     print()
+    box = {name: box1[name] - box0[name] for name in box1}
+    print(f"CPU over the storm ({s.duration:.1f} s, {os.cpu_count()} cores): " + ", ".join(
+        f"{name} {seconds:.2f} s" for name, seconds in box.items())
+        + f"; together {sum(box.values()) / s.duration:.2f} cores")
     print(f"server CPU: {cpu:.2f} s total over the storm (connects + answers + closes)")
     print(f"CPU per answer (total / complete answers, connects included): {per:.2f} ms "
           f"({len(done)} answers, {TOKENS} tokens)")
@@ -212,7 +244,7 @@ async def storm_chat(stack: Stack, users: Sequence[Credentials], args: argparse.
         "sessions": args.sessions, "messages": args.messages, "peak_open": s.peak_open,
         "handshake_errors": handshakes, "message_errors": message_errors,
         "answers_complete": len(done), "answers_per_s": nan_to_none(rate),
-        "answer_window_s": nan_to_none(window), "server_cpu_s": cpu,
+        "answer_window_s": nan_to_none(window), "server_cpu_s": cpu, "box_cpu_s": box,
         "cpu_ms_per_answer_incl_connects": nan_to_none(per), "rss_before_kib": rss0,
         "peak_rss_kib": peak, "peak_rss_is_storms": reset, "summary": s.to_json()}
 
@@ -223,7 +255,8 @@ async def bench(args: argparse.Namespace) -> int:
           f"{_kernel_limit('core/somaxconn')}, tcp_max_syn_backlog "
           f"{_kernel_limit('ipv4/tcp_max_syn_backlog')}, syncookies "
           f"{_kernel_limit('ipv4/tcp_syncookies')})", flush=True)
-    with bench_stack(tokens=TOKENS, delay_ms=DELAY_MS, env=env, backlog=args.backlog) as stack:
+    with bench_stack(tokens=TOKENS, delay_ms=DELAY_MS, env=env, backlog=args.backlog,
+                     server_workers=args.workers) as stack:
         users = await provision_users(stack.url, args.users)
         await warm_up(stack, users)
         if args.messages == 0:
@@ -244,6 +277,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", type=int, default=0,
                    help="messages per session (0: connect, hold all open, close)")
     p.add_argument("--users", type=int, default=20, help="users (one API key each)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server worker processes (WORKERS=N: one port, sessions shared through "
+                        "Redis); CPU and memory are summed over them")
     p.add_argument("--hold", type=float, default=2.0,
                    help="--messages 0: seconds all stay open before they are closed")
     p.add_argument("--backlog", type=int, default=BACKLOG,

@@ -85,6 +85,7 @@ async def _serve(host: str, port: int, config: MockConfig, reuse_port: bool,
     listener = await _listener(host, port, reuse_port)
     real_port: int = listener.socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(app.pacer.run)
         await nursery.start(trio.serve_listeners, app.handle_connection, [listener])
         task_status.started(real_port)
 

@@ -35,6 +35,7 @@ from scripts.mock_upstream_answers import (
     parse_knobs,
 )
 from scripts.mock_upstream_http import HttpConnection, PeerClosed, Request
+from scripts.mock_upstream_pacer import Pacer
 from scripts.mock_upstream_play import Answer, Dropped
 
 MODELS = ("mock-gpt", "gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-3.5-turbo")
@@ -66,6 +67,7 @@ class MockUpstream:
         self.requests: deque[dict[str, object]] = deque(maxlen=config.record_limit)
         self.attempts: dict[str, int] = {}
         self.stats = dict.fromkeys(STAT_NAMES, 0)
+        self.pacer = Pacer()  # run by the server (serve_mock_upstream)
 
     def reset(self) -> None:
         self.requests.clear()
@@ -164,7 +166,7 @@ class MockUpstream:
         if knobs.fault == "length":
             limit = min(limit, knobs.length_after or max(1, math.ceil(len(chunks) / 2)))
         finish = "length" if offset + limit < len(chunks) else "stop"
-        answer = Answer(model, chunks[offset:offset + limit], finish, knobs)
+        answer = Answer(model, chunks[offset:offset + limit], finish, knobs, self.pacer)
         if knobs.fault is not None:
             self.stats["faults_injected"] += 1
         self.stats["streams_active"] += 1

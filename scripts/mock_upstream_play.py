@@ -12,6 +12,7 @@ import trio
 
 from scripts.mock_upstream_answers import Knobs
 from scripts.mock_upstream_http import HttpConnection
+from scripts.mock_upstream_pacer import Pacer
 
 
 @lru_cache(maxsize=1024)
@@ -26,8 +27,10 @@ class Dropped(Exception):
 class Answer:
     """One response: the chunks to send, how it finishes, and which fault to play."""
 
-    def __init__(self, model: str, chunks: Sequence[str], finish: str, knobs: Knobs) -> None:
+    def __init__(self, model: str, chunks: Sequence[str], finish: str, knobs: Knobs,
+                 pacer: Pacer | None = None) -> None:
         self.model, self.chunks, self.finish, self.knobs = model, chunks, finish, knobs
+        self.pacer = pacer
         self.id = f"chatcmpl-mock{time.monotonic_ns():x}"
         self.created = int(time.time())
         self.prefix = (
@@ -45,8 +48,12 @@ class Answer:
         )
 
     async def _paced(self, http: HttpConnection, stop: int) -> None:
-        """Send chunks 0..stop, one per ``delay_ms``; whatever is due goes out in one write."""
+        """Send chunks 0..stop, one per ``delay_ms``; whatever is due goes out in one write
+        (by the process's ``Pacer`` when it has one)."""
         delay = self.knobs.delay_ms / 1000
+        if self.pacer is not None and delay > 0 and stop > 0:
+            await self.pacer.play(http, self._content, stop, delay)
+            return
         start, sent = trio.current_time(), 0
         while sent < stop:
             if delay <= 0:

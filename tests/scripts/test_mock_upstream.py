@@ -212,3 +212,37 @@ async def test_many_concurrent_streams(base: str) -> None:
             for i in range(100):
                 nursery.start_soon(one, i)
     assert all(results[i] == expected_answer(user(f"n{i}"), TOKENS) for i in range(100))
+
+
+async def paced_arrivals(client: httpx.AsyncClient, base: str, text: str) -> list[float]:
+    """When each content chunk of one streamed answer arrived, from the request."""
+    body = {"model": "mock-gpt", "messages": user(text), "stream": True}
+    start, times = trio.current_time(), []
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"role"' not in line:
+                times.append(trio.current_time() - start)
+    return times
+
+
+async def test_chunks_are_paced_one_per_delay_streams_side_by_side(
+        base: str, client: httpx.AsyncClient) -> None:
+    """The mock's one pacer serves every stream: each chunk when it is due, not earlier, with
+    streams of different paces side by side."""
+    async with httpx.AsyncClient(timeout=10) as other:
+        found: dict[str, list[float]] = {}
+
+        async def run(name: str, c: httpx.AsyncClient, text: str) -> None:
+            found[name] = await paced_arrivals(c, base, text)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "slow", client, "slow [mock tokens=4 delay_ms=150]")
+            nursery.start_soon(run, "fast", other, "fast [mock tokens=20 delay_ms=10]")
+    slow, fast = found["slow"], found["fast"]
+    assert len(slow) == 4 and len(fast) == 20
+    for times, delay in ((slow, 0.15), (fast, 0.01)):
+        for k, at in enumerate(times):
+            assert at >= (k + 1) * delay - 0.005, (k, at, times)  # never early
+    # the fast one was not held until the slow one's next chunk was due
+    assert fast[0] < 0.1 and fast[-1] < slow[1]
+    assert slow[-1] < 0.6 + 1.0  # nor the slow one lost
