@@ -44,6 +44,11 @@ log = logging.getLogger("chat.cluster")
 MAX_UNSENT = 20_000
 READ_BLOCK_MS = 2_000
 RETRY_SECONDS = 0.25
+#: A flush waits this long for more letters to the same nodes: with few sessions nearly every
+#: delta was a letter of its own (bench_scale_out, 20 sessions: forwarding 4.4-4.7 ms of CPU
+#: per answer without it, 2.7-3.3 ms with it, the first delta ~2 ms later; 10 ms bought no
+#: more).
+LINGER = 0.005
 
 LetterHandler = Callable[[str, dict[str, Any]], None]
 
@@ -118,6 +123,7 @@ class NodeLink:
             if not self._out:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
+            await trio.sleep(LINGER)  # what more comes meanwhile goes in the same letters
             out, self._out = self._out, {}
             upto = self._posted
             self._sending += 1
@@ -229,6 +235,7 @@ class SessionHandle:
     room: str
     ref: Any = None  # the local actor's ActorRef, or None
     owner: str = ""  # the lease value of the owning node when the session is elsewhere
+    sock: int = 0  # then: this attachment's id, which the owner's letters name
     moved: MoveSignal = field(default_factory=MoveSignal)
 
     @property

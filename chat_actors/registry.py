@@ -16,6 +16,7 @@ dead owner's session over), and forgets the sockets of processes that died.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import weakref
 from collections import defaultdict, deque
@@ -79,8 +80,11 @@ class SessionRegistry:
             max_restarts=3, max_seconds=10.0, on_crash=self._on_crash)
         assert deps.cluster is not None
         self.cluster: Cluster = deps.cluster
-        # Sockets of this process attached to sessions owned elsewhere: outbox id -> both.
+        # Sockets of this process attached to sessions owned elsewhere, by the id of the
+        # attachment (``SessionHandle.sock``: a socket that changes rooms is a new one, so the
+        # owner's letters about the old room never reach it).
         self._remote: dict[int, tuple[SessionHandle, Outbox]] = {}
+        self._attachments = itertools.count(1)
         # Mail about one session is handled in arrival order, sessions side by side.
         self._mail: defaultdict[SessionKey, deque[tuple[str, dict[str, Any]]]] = (
             defaultdict(deque))
@@ -353,10 +357,11 @@ class SessionRegistry:
         try:
             ref = await self._attach_here(key, outbox)
         except SessionOwnedElsewhere as elsewhere:
-            handle = SessionHandle(user_id, room, owner=elsewhere.owner)
-            self._remote[outbox.id] = (handle, outbox)
+            handle = SessionHandle(user_id, room, owner=elsewhere.owner,
+                                   sock=next(self._attachments))
+            self._remote[handle.sock] = (handle, outbox)
             self.cluster.link.post(node_of(elsewhere.owner), "att", {
-                "u": user_id, "r": room, "node": self.cluster.node, "sock": outbox.id})
+                "u": user_id, "r": room, "node": self.cluster.node, "sock": handle.sock})
             # The owner sends the init frame before it handles what this socket sends next
             # (its inputs go by the session's inbox, which pokes the owner's mail too).
             await self.cluster.link.written()
@@ -370,10 +375,10 @@ class SessionRegistry:
         ``finally``; if the session cannot answer in time it still drops the outbox once it
         sees it closed."""
         if handle.remote:
-            if self._remote.pop(outbox.id, None) is not None:
+            if self._remote.pop(handle.sock, None) is not None:
                 self.cluster.link.post(node_of(handle.owner), "det", {
                     "u": handle.user_id, "r": handle.room, "node": self.cluster.node,
-                    "sock": outbox.id})
+                    "sock": handle.sock})
             return
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
@@ -389,7 +394,7 @@ class SessionRegistry:
             await handle.ref.cast(UserInput(outbox.id, text, key_id))
             return
         holder = await self.cluster.inbox.send(handle.user_id, handle.room, handle.owner,
-                                               self.cluster.node, outbox.id, text, key_id)
+                                               self.cluster.node, handle.sock, text, key_id)
         if holder is not None:
             handle.moved.set()
             raise ActorDead(f"session {handle.user_id}/{handle.room} moved")

@@ -175,3 +175,11 @@ async def test_queue_order_retry_and_room_moves_across_servers(
             assert text_x == text_b
         await on_a.send("/ping")
         assert (await on_a.reply())["msg"] == "pong"  # a's socket still in room 0
+        # Back and forth between rooms a owns: each move is a detach and an attach of the
+        # same socket, which reach a in one batch; each room's frames reach it, no other's.
+        for _ in range(2):
+            for room in ("y", "0", "x"):
+                await on_b.send("/ping", chat_room_id=room)
+                assert (await on_b.frame(timeout=5))["init"] is True
+                reply = await on_b.reply()
+                assert reply["msg"] == "pong" and str(reply["chat_room_id"]) == room
