@@ -37,12 +37,15 @@ async def drain_chat(app: object) -> None:
         return
     chat, watch = services.chat, services.socket_watch
     services.draining = True
+    log.info("draining: %d session(s), %d answering: each goes as its answer ends",
+             len(chat.registry), chat.registry.generating())
     chat.registry.begin_drain()  # each session stops (and moves) as its answer ends
     with trio.move_on_after(services.settings.shutdown_grace_seconds):
         while len(chat.registry):
             await trio.sleep(0.05)
     cut = chat.registry.generating()
-    log.info("draining: stopping %d session(s), %d answer(s) cut", len(chat.registry), cut)
+    log.info("draining: stopping %d session(s) still running, %d answer(s) cut",
+             len(chat.registry), cut)
     await chat.registry.stop()
     if watch is None:
         return
