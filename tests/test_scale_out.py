@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import redis
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
@@ -26,8 +25,6 @@ from tests.chat_server import PASSWORD, ChatClient
 from tests.tcp_relay import tcp_relay
 from tests.test_serve import start_serving
 from tests.web.conftest_page import Proc, free_port, wait_http
-
-pytestmark = pytest.mark.usefixtures("redis_actor")  # the prefix is emptied after each test
 
 LEASE = 1.5  # SESSION_LEASE_SECONDS of both processes: a dead owner's sessions free up fast
 #: One user talks in several rooms at once here: no per-user limits.
@@ -118,8 +115,12 @@ async def until_init(client: ChatClient, timeout: float) -> tuple[list[dict[str,
     return before, json.loads(frame["msg"])
 
 
+# Each test takes ``redis_actor`` for its clean-up: the keys under the test's prefix go after it
+# (a module-level ``usefixtures`` left them all behind under pytest-trio).
+
+
 async def test_kill_9_of_the_owner_mid_answer_hands_the_session_over(
-        db_settings: Settings, tmp_path: Path) -> None:
+        db_settings: Settings, tmp_path: Path, redis_actor: object) -> None:
     flush = {"USAGE_FLUSH_SECONDS": "0.2"}
     async with server_process(db_settings, tmp_path, "a", **flush) as a, \
             server_process(db_settings, tmp_path, "b", **flush) as b:
@@ -183,7 +184,7 @@ async def usage_rows(server: Live, account: Account) -> list[dict[str, Any]]:
 
 
 async def test_an_owner_cut_off_from_redis_cannot_overwrite_the_new_owners_history(
-        db_settings: Settings, tmp_path: Path) -> None:
+        db_settings: Settings, tmp_path: Path, redis_actor: object) -> None:
     redis_port = int(db_settings.redis_url.rsplit(":", 1)[1].split("/")[0])
     async with tcp_relay(redis_port) as relay, \
             server_process(db_settings, tmp_path, "a",
@@ -280,7 +281,7 @@ async def closed_code(client: ChatClient) -> int:
 
 
 async def test_sigterm_of_one_of_two_processes_under_load(
-        db_settings: Settings, tmp_path: Path) -> None:
+        db_settings: Settings, tmp_path: Path, redis_actor: object) -> None:
     rooms = [str(i) for i in range(8)]
     async with server_process(db_settings, tmp_path, "a", SHUTDOWN_GRACE_SECONDS="5",
                               **NO_LIMITS) as a, \

@@ -13,11 +13,12 @@ from core import metrics
 from core.settings import Settings
 from tests.chat_server import ChatServer, chat_socket, running_server
 
-pytestmark = pytest.mark.usefixtures("redis_actor")  # the prefix is emptied after each test
-
 
 @pytest.fixture
-async def pair(db_settings: Settings) -> AsyncIterator[tuple[ChatServer, ChatServer]]:
+async def pair(db_settings: Settings, redis_actor: object
+               ) -> AsyncIterator[tuple[ChatServer, ChatServer]]:
+    # ``redis_actor`` for its clean-up: the keys under the test's prefix go after the servers
+    # (a module-level ``usefixtures`` left them all behind under pytest-trio)
     mock = {"tokens": 30, "delay_ms": 5}
     async with running_server(db_settings, mock=mock) as a, \
             running_server(db_settings, mock=mock) as b:
@@ -101,7 +102,7 @@ async def test_a_socket_joining_mid_answer_on_the_other_server_gets_the_text_so_
 
 
 async def test_stopping_the_owner_moves_the_session_to_the_other_server(
-        db_settings: Settings) -> None:
+        db_settings: Settings, redis_actor: object) -> None:
     """A graceful stop of the owner (its lease released, the other server's sockets told):
     the other server takes the session over and answers there."""
     mock = {"tokens": 10, "delay_ms": 2}
