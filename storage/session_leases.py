@@ -26,6 +26,10 @@ from dataclasses import dataclass
 
 from storage.context_store import Fence, RedisLike, session_keys
 
+#: A node whose heartbeat is this much overdue is pruned from the node list; a list nobody
+#: beats for that long expires.
+NODES_KEPT_MS = 60_000
+
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur and string.match(cur, '^(%S+)') ~= ARGV[1] then return {0, cur} end
@@ -126,6 +130,8 @@ class SessionLeases:
         """This node is alive for one more lease time."""
         expires = int(time.time() * 1000) + self.lease_ms
         await self._redis.execute("ZADD", self._nodes, expires, self.node)
+        # the list itself goes once nobody beats for a minute (a prefix no longer served)
+        await self._redis.execute("PEXPIRE", self._nodes, self.lease_ms + NODES_KEPT_MS)
 
     async def leave(self) -> None:
         await self._redis.execute("ZREM", self._nodes, self.node)
@@ -133,5 +139,5 @@ class SessionLeases:
     async def live_nodes(self) -> set[str]:
         """Nodes whose heartbeat has not expired (the dead ones are pruned on the way)."""
         now = int(time.time() * 1000)
-        await self._redis.execute("ZREMRANGEBYSCORE", self._nodes, "-inf", now - 60_000)
+        await self._redis.execute("ZREMRANGEBYSCORE", self._nodes, "-inf", now - NODES_KEPT_MS)
         return set(await self._redis.execute("ZRANGE", self._nodes, now, "+inf", "BYSCORE"))

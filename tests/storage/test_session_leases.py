@@ -70,3 +70,16 @@ async def test_a_deleted_context_refuses_its_old_owner(redis_actor: RedisActor) 
     with pytest.raises(SessionMoved):  # it would bring the deleted history back
         await store.rewrite(USER, ROOM, [msg(1)], 1, fence=taken.fence)
     assert (await store.load(USER, ROOM)).messages == []
+
+
+async def test_the_node_list_knows_the_live_nodes_and_expires_when_nobody_beats(
+        redis_actor: RedisActor) -> None:
+    a, b = leases(redis_actor, "a"), leases(redis_actor, "b")
+    await a.heartbeat()
+    await b.heartbeat()
+    assert await a.live_nodes() == {"a", "b"}
+    await b.leave()
+    assert await a.live_nodes() == {"a"}
+    # a prefix no longer served leaves nothing behind for good
+    ttl = int(await redis_actor.execute("PTTL", redis_actor.prefix + "nodes"))
+    assert 0 < ttl <= 5_000 + 60_000
