@@ -125,8 +125,11 @@ class SessionRegistry:
         for key, slot in list(self._slots.items()):
             slot.draining = True
             ref = self._sup.get(key)
-            if ref is not None and self._nursery is not None:
-                self._nursery.start_soon(_tell, ref, Drain())
+            if ref is not None:
+                try:
+                    ref.cast_nowait(Drain())
+                except (MailboxFull, ActorDead):  # busy: it stops after its answer anyway
+                    pass  # (slot.draining), or it is gone already
 
     async def stop(self) -> None:
         """Every session stops (answers cut are stored partial, their leases released, the
@@ -445,10 +448,3 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return len(self._sup)
-
-
-async def _tell(ref: SessionRef, msg: SessionMsg) -> None:
-    try:
-        await ref.cast(msg)
-    except ActorDead:
-        pass  # it stopped meanwhile

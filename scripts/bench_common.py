@@ -88,6 +88,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stack_cpu(stack: Stack) -> float:
+    """CPU seconds so far of every server process (the workers and their parent, or the
+    separate servers of ``servers=N``)."""
+    return sum(cpu_seconds(pid) for pid in stack.cpu_pids)
+
+
 def box_cpu_seconds(stack: Stack) -> dict[str, float]:
     """CPU seconds so far of everything on the box a benchmark runs: the server, the mock
     upstream (and its worker children), Redis, MariaDB, and this load generator itself."""
@@ -112,7 +118,7 @@ def box_cpu_seconds(stack: Stack) -> dict[str, float]:
             mock += cpu_seconds(int(child))
         except OSError:
             pass
-    return {"server": sum(cpu_seconds(pid) for pid in stack.cpu_pids), "mock upstream": mock,
+    return {"server": stack_cpu(stack), "mock upstream": mock,
             "redis": by_name("redis-server"), "mariadb": by_name("mariadbd"),
             "load generator": own.ru_utime + own.ru_stime}
 

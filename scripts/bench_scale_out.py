@@ -31,11 +31,12 @@ import math
 import secrets
 import sys
 from dataclasses import dataclass
+from statistics import median
 from typing import Any
 
 import trio
 
-from scripts.bench_common import Stack, bench_stack, cpu_seconds, print_dist
+from scripts.bench_common import Stack, bench_stack, print_dist, stack_cpu
 from scripts.bench_cpu import SocketHolder, add_run_args, chat, parse_env, warm_up, write_json
 from scripts.loadtest import raise_open_files_limit
 from scripts.loadtest_client import Credentials, collector_paused, provision_users
@@ -65,10 +66,6 @@ class Phase:
                 "cpu_s": self.cpu_s, "cpu_ms_per_answer": self.cpu_ms_per_answer,
                 "answers_per_s": s.messages_per_s, "first_delta_p50_ms": s.ttft_ms.p50,
                 "first_delta_p99_ms": s.ttft_ms.p99, "failures": self.failures}
-
-
-def stack_cpu(stack: Stack) -> float:
-    return sum(cpu_seconds(pid) for pid in stack.cpu_pids)
 
 
 async def phase(stack: Stack, users: list[Credentials], mode: str,
@@ -125,12 +122,6 @@ def report(phases: list[Phase]) -> None:
     remote = median(p.cpu_ms_per_answer for p in phases if p.mode == "remote")
     print(f"forwarding CPU per answer (remote - local): {remote - local:.2f} ms "
           f"({remote / local:.2f}x)")
-
-
-def median(values: Any) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return float(ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2)
 
 
 async def bench(args: argparse.Namespace) -> int:

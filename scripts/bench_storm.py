@@ -51,10 +51,10 @@ from scripts.bench_common import (
     Stack,
     bench_stack,
     box_cpu_seconds,
-    cpu_seconds,
     print_dist,
     proc_status,
     py_spy,
+    stack_cpu,
 )
 from scripts.bench_cpu import (
     PY_SPY_ATTACH,
@@ -91,11 +91,6 @@ def reset_peak_rss(pid: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def stack_cpu(stack: Stack) -> float:
-    """CPU seconds of every server process (with ``--workers N``: the workers and parent)."""
-    return sum(cpu_seconds(pid) for pid in stack.cpu_pids)
 
 
 def stack_kib(stack: Stack, field: str = "VmRSS") -> int:

@@ -129,9 +129,9 @@ class SessionLeases:
     async def heartbeat(self) -> None:
         """This node is alive for one more lease time."""
         expires = int(time.time() * 1000) + self.lease_ms
-        await self._redis.execute("ZADD", self._nodes, expires, self.node)
         # the list itself goes once nobody beats for a minute (a prefix no longer served)
-        await self._redis.execute("PEXPIRE", self._nodes, self.lease_ms + NODES_KEPT_MS)
+        await self._redis.transaction([("ZADD", self._nodes, expires, self.node),
+                                       ("PEXPIRE", self._nodes, self.lease_ms + NODES_KEPT_MS)])
 
     async def leave(self) -> None:
         await self._redis.execute("ZREM", self._nodes, self.node)
