@@ -20,11 +20,17 @@ import secrets
 import time
 
 import trio
-from trio_websocket import WebSocketConnection
 
 from scripts.bench_common import bench_stack, print_dist, proc_status
 from scripts.loadtest import loadtest, raise_open_files_limit
-from scripts.loadtest_client import LoadConfig, open_session, provision_users, read_answer, ws_url
+from scripts.loadtest_client import (
+    ChatSocket,
+    LoadConfig,
+    open_session,
+    provision_users,
+    read_answer,
+    ws_url,
+)
 from scripts.loadtest_stats import Distribution, MessageResult, Recorder
 from scripts.loadtest_verify import MessagePlan, compare
 
@@ -41,7 +47,7 @@ async def bench(args: argparse.Namespace) -> None:
         run = secrets.token_hex(3)
         rec = Recorder()
         rec.started = trio.current_time()
-        sockets: list[tuple[WebSocketConnection, str] | None] = [None] * args.sessions
+        sockets: list[tuple[ChatSocket, str] | None] = [None] * args.sessions
         failures: list[str] = []
         release = trio.Event()
         limiter = trio.CapacityLimiter(args.parallel)

@@ -64,11 +64,12 @@ from scripts.bench_common import (
 )
 from scripts.loadtest import loadtest, raise_open_files_limit
 from scripts.loadtest_client import (
+    ChatSocket,
     Credentials,
     LoadConfig,
     _first,
     collector_paused,
-    open_session,
+    open_held_session,
     provision_users,
     read_answer,
     ws_url,
@@ -162,7 +163,8 @@ class SocketHolder:
         if self._gate is not None:
             await self._gate.acquire()
         try:
-            async with open_session(url, self.rec, connect_timeout=self.connect_timeout) as ws:
+            async with open_held_session(url, self.rec,
+                                         connect_timeout=self.connect_timeout) as ws:
                 opened = True
                 if self._gate is not None and gated:
                     self._gate.release()
@@ -189,7 +191,7 @@ class SocketHolder:
             self.rec.sessions_done += 1
 
 
-async def chat(ws: WebSocketConnection, room: str, i: int, messages: int, plan: MessagePlan,
+async def chat(ws: ChatSocket, room: str, i: int, messages: int, plan: MessagePlan,
                rec: Recorder, answer_timeout: float) -> None:
     """``messages`` messages back to back on one held socket, each answer read whole and
     checked (into ``rec.messages``, as ``run_session`` records them)."""

@@ -21,12 +21,18 @@ from trio_websocket import (
     ConnectionRejected,
     ConnectionTimeout,
     HandshakeError,
-    WebSocketConnection,
 )
 
 from scripts.chaos_env import ChaosEnv
 from scripts.chaos_report import ACK, CLOSED, ERROR, TIMEOUT, FaultStats, Outcome
-from scripts.loadtest_client import Credentials, _first, open_session, read_answer, ws_url
+from scripts.loadtest_client import (
+    ChatSocket,
+    Credentials,
+    _first,
+    open_session,
+    read_answer,
+    ws_url,
+)
 from scripts.loadtest_stats import MessageResult, Recorder
 from scripts.loadtest_verify import MessagePlan, compare
 
@@ -69,7 +75,7 @@ class Run:
         self.stats.closes[str(exc.reason.code) if exc.reason is not None else "none"] += 1
 
 
-async def converse(run: Run, ws: WebSocketConnection, i: int, room: str, k: int) -> int:
+async def converse(run: Run, ws: ChatSocket, i: int, room: str, k: int) -> int:
     """Send messages ``k``, ``k + 1``, ... on this socket; the next index when it is gone."""
     cfg = run.cfg
     while k < cfg.messages:
@@ -106,7 +112,7 @@ async def converse(run: Run, ws: WebSocketConnection, i: int, room: str, k: int)
     return k
 
 
-async def drain_quiet(ws: WebSocketConnection, bound: float) -> None:
+async def drain_quiet(ws: ChatSocket, bound: float) -> None:
     """After a reconnect: let an answer that was still running (resumed on this socket) end."""
     with trio.move_on_after(bound):
         while True:

@@ -31,10 +31,14 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from scripts import loadtest_ws
 from scripts.loadtest_stats import LIMITS_HINT, MessageResult, Recorder
 from scripts.loadtest_verify import MessagePlan, compare
 
 PASSWORD = "load-test password 7f3a"
+
+#: A chat socket of either client (both raise trio-websocket's errors).
+ChatSocket = WebSocketConnection | loadtest_ws.LeanWebSocket
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,20 @@ def _first(exc: BaseException) -> BaseException:
 
 @asynccontextmanager
 async def open_session(url: str, rec: Recorder, *, connect_timeout: float = 30.0
-                       ) -> AsyncIterator[WebSocketConnection]:
+                       ) -> AsyncIterator[loadtest_ws.LeanWebSocket]:
     """Connect, read the init frame; connect and init times go to ``rec``."""
+    t0 = trio.current_time()
+    async with loadtest_ws.open_websocket_url(url, connect_timeout=connect_timeout,
+                                              disconnect_timeout=5) as ws:
+        await _read_init(ws, rec, t0, connect_timeout)
+        yield ws
+
+
+@asynccontextmanager
+async def open_held_session(url: str, rec: Recorder, *, connect_timeout: float = 30.0
+                            ) -> AsyncIterator[WebSocketConnection]:
+    """``open_session`` with trio-websocket's client, which reads in the background and so
+    notices when the server closes a socket that nobody reads (``ws.closed``)."""
     t0 = trio.current_time()
     # trio-websocket's own connect_timeout can leave the handshake's reader task running (the
     # client then hangs with the TCP connection open and nothing counted): a guard scope bounds
@@ -131,19 +147,23 @@ async def open_session(url: str, rec: Recorder, *, connect_timeout: float = 30.0
         async with open_websocket_url(url, connect_timeout=connect_timeout, disconnect_timeout=5,
                                       message_queue_size=64) as ws:
             guard.deadline = math.inf
-            t1 = trio.current_time()
-            rec.connect_times.append(t1 - t0)
-            with trio.fail_after(connect_timeout):
-                init = json.loads(await ws.get_message())
-            if not init.get("init"):
-                raise HandshakeError(f"the first frame is not an init frame: {init!r}"[:200])
-            rec.init_times.append(trio.current_time() - t1)
+            await _read_init(ws, rec, t0, connect_timeout)
             yield ws
     if guard.cancelled_caught:
         raise ConnectionTimeout(f"no WebSocket handshake within {connect_timeout + 5:.0f} s")
 
 
-async def read_answer(ws: WebSocketConnection, msg: MessageResult, rec: Recorder,
+async def _read_init(ws: ChatSocket, rec: Recorder, t0: float, timeout: float) -> None:
+    t1 = trio.current_time()
+    rec.connect_times.append(t1 - t0)
+    with trio.fail_after(timeout):
+        init = json.loads(await ws.get_message())
+    if not init.get("init"):
+        raise HandshakeError(f"the first frame is not an init frame: {init!r}"[:200])
+    rec.init_times.append(trio.current_time() - t1)
+
+
+async def read_answer(ws: ChatSocket, msg: MessageResult, rec: Recorder,
                       sent: float) -> str:
     """Read frames up to the answer's terminator (or the error frame ending it)."""
     parts: list[str] = []
