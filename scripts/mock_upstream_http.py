@@ -81,9 +81,10 @@ class HttpConnection:
     def reusable(self) -> bool:
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
-    async def start_response(
+    def response_head(
         self, status: int, headers: list[tuple[str, str]], *, length: int | None = None
-    ) -> None:
+    ) -> bytes:
+        """The status line and headers as bytes, to send (chunked unless ``length``)."""
         fields = [("server", "mock-upstream"), *headers]
         self._chunked = length is None
         if length is not None:
@@ -94,7 +95,12 @@ class HttpConnection:
             status_code=status, headers=fields, reason=HTTPStatus(status).phrase.encode()
         ))
         assert data is not None
-        await self.stream.send_all(data)
+        return data
+
+    async def start_response(
+        self, status: int, headers: list[tuple[str, str]], *, length: int | None = None
+    ) -> None:
+        await self.stream.send_all(self.response_head(status, headers, length=length))
 
     @staticmethod
     def chunk_bytes(payload: bytes) -> bytes:
@@ -109,10 +115,14 @@ class HttpConnection:
         assert data is not None
         await self.stream.send_all(data)
 
-    async def end_response(self) -> None:
+    def end_bytes(self) -> bytes:
+        """The end of the response as bytes, to send (the connection counts it as sent)."""
         data = self.conn.send(h11.EndOfMessage())
         assert data is not None
-        await self.stream.send_all(data)
+        return data
+
+    async def end_response(self) -> None:
+        await self.stream.send_all(self.end_bytes())
 
     async def send_json(
         self, status: int, body: object, headers: list[tuple[str, str]] | None = None

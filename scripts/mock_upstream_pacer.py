@@ -6,7 +6,8 @@ server under test spends, on the same two cores. Here one task wakes when the ea
 is due and writes every due stream's chunks straight to its socket (the sockets are
 non-blocking: a write that would block, or is short, is handed back to the stream's own task,
 which finishes it with ``send_all`` and rejoins). The wire is unchanged: the same events, one
-per chunk, each written when it is due (those due at once in one write, as before).
+per chunk, each written when it is due (those due at once in one write, as before); the end of
+the response (finish event, ``[DONE]``, last HTTP chunk) goes out in the last chunk's write.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class _Stream:
     stop: int
     delay: float
     start: float
+    tail: bytes = b""  # written with the last chunk (the response's end)
     sent: int = 0
     left: bytes = b""  # what the pacer could not write: the stream's task writes it
     error: OSError | None = None
@@ -75,6 +77,8 @@ class Pacer:
     def _write(self, stream: _Stream, now: float) -> None:
         due = min(stream.stop, max(stream.sent + 1, int((now - stream.start) / stream.delay)))
         data = stream.http.chunk_bytes(stream.content(stream.sent, due))
+        if due == stream.stop:
+            data += stream.tail
         stream.sent = due
         try:
             written = os.write(stream.http.stream.socket.fileno(), data)
@@ -91,9 +95,10 @@ class Pacer:
             self._add(stream)
 
     async def play(self, http: HttpConnection, content: Callable[[int, int], bytes],
-                   stop: int, delay: float) -> None:
-        """Send chunks 0..stop of an answer, one per ``delay`` seconds."""
-        stream = _Stream(http, content, stop, delay, trio.current_time())
+                   stop: int, delay: float, tail: bytes = b"") -> None:
+        """Send chunks 0..stop of an answer, one per ``delay`` seconds, ``tail`` (wire bytes)
+        with the last."""
+        stream = _Stream(http, content, stop, delay, trio.current_time(), tail)
         try:
             while stream.sent < stream.stop or stream.left:
                 if stream.sent < stream.stop:

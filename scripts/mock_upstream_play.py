@@ -28,7 +28,7 @@ class Answer:
     """One response: the chunks to send, how it finishes, and which fault to play."""
 
     def __init__(self, model: str, chunks: Sequence[str], finish: str, knobs: Knobs,
-                 pacer: Pacer | None = None) -> None:
+                 pacer: Pacer) -> None:
         self.model, self.chunks, self.finish, self.knobs = model, chunks, finish, knobs
         self.pacer = pacer
         self.id = f"chatcmpl-mock{time.monotonic_ns():x}"
@@ -47,30 +47,26 @@ class Answer:
             self._event(b'{"content":%s}' % _json_bytes(c), None) for c in self.chunks[start:stop]
         )
 
-    async def _paced(self, http: HttpConnection, stop: int) -> None:
-        """Send chunks 0..stop, one per ``delay_ms``; whatever is due goes out in one write
-        (by the process's ``Pacer`` when it has one)."""
+    async def _paced(self, http: HttpConnection, stop: int, tail: bytes = b"") -> None:
+        """Send chunks 0..stop, one per ``delay_ms``, by the process's ``Pacer``; ``tail``
+        (wire bytes) goes out with the last of them."""
         delay = self.knobs.delay_ms / 1000
-        if self.pacer is not None and delay > 0 and stop > 0:
-            await self.pacer.play(http, self._content, stop, delay)
-            return
-        start, sent = trio.current_time(), 0
-        while sent < stop:
-            if delay <= 0:
-                due = stop
-            else:
-                await trio.sleep_until(start + (sent + 1) * delay)
-                due = min(stop, max(sent + 1, int((trio.current_time() - start) / delay)))
-            await http.send_data(self._content(sent, due))
-            sent = due
+        if delay > 0 and stop > 0:
+            await self.pacer.play(http, self._content, stop, delay, tail)
+        else:
+            await http.stream.send_all(http.chunk_bytes(self._content(0, stop)) + tail
+                                       if stop > 0 else tail)
 
     async def stream(self, http: HttpConnection) -> None:
+        """The SSE response. Its head goes out with the role event, and its end (the finish
+        event, ``[DONE]``, the last chunk) with the last content chunk: one write each."""
         fault, after = self.knobs.fault, min(self.knobs.after, len(self.chunks))
         if fault == "stall_first":
             await trio.sleep(self.knobs.stall_s)
-        await http.start_response(200, [("content-type", "text/event-stream"),
+        head = http.response_head(200, [("content-type", "text/event-stream"),
                                         ("cache-control", "no-cache")])
-        await http.send_data(self._event(b'{"role":"assistant","content":""}', None))
+        role = self._event(b'{"role":"assistant","content":""}', None)
+        await http.stream.send_all(head + http.chunk_bytes(role))
         if fault in ("stall_mid", "drop_mid", "malformed", "content_filter"):
             await self._paced(http, after)
             if fault == "stall_mid":
@@ -81,11 +77,11 @@ class Answer:
                 await http.send_data(b'data: {"id": "broken", "choices": [{"delta": \n\n')
             else:
                 await http.send_data(self._event(b"{}", "content_filter"))
-        else:
-            await self._paced(http, len(self.chunks))
-            await http.send_data(self._event(b"{}", self.finish))
-        await http.send_data(b"data: [DONE]\n\n")
-        await http.end_response()
+            await http.send_data(b"data: [DONE]\n\n")
+            await http.end_response()
+            return
+        end = self._event(b"{}", self.finish) + b"data: [DONE]\n\n"
+        await self._paced(http, len(self.chunks), http.chunk_bytes(end) + http.end_bytes())
 
     async def complete(self, http: HttpConnection) -> None:
         fault, after = self.knobs.fault, min(self.knobs.after, len(self.chunks))
