@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import trio
 
@@ -58,6 +59,16 @@ class AnswerHold:
     reserved: int
     spent: int = 0
     day: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class AnswerCount:
+    """An answer's line in the usage counts (``ChatLimits.record_usage``)."""
+
+    key_id: int | None
+    model: str
+    prompt_tokens: int
+    answer_tokens: int
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,21 @@ class ChatLimits:
             await self._release(user_id, hold, settle=True)
 
     async def _release(self, user_id: int, hold: AnswerHold, *, settle: bool) -> None:
+        await self.finish_answer(user_id, hold.slot_id, day=hold.day if settle else "",
+                                 settle=hold.spent - hold.reserved)
+
+    async def finish_answer(self, user_id: int, slot_id: str, *, day: str, settle: int,
+                            count: AnswerCount | None = None) -> None:
+        """An answer ended: its slot goes back, its token reservation (on ``day``; "" for
+        none) is settled by ``settle``, and ``count`` goes into the usage counts. The three
+        go out together, so the Redis actor sends them in one round trip; shielded (a
+        cancelled answer gives back too) and within ``RELEASE_GRACE``."""
         with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_GRACE):
-            await self.end_answer(user_id, hold.slot_id)
-            if settle:
-                await self.settle_tokens(user_id, hold.day, hold.spent - hold.reserved)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.end_answer, user_id, slot_id)
+                if day:
+                    nursery.start_soon(self.settle_tokens, user_id, day, settle)
+                if count is not None:
+                    nursery.start_soon(partial(
+                        self.record_usage, user_id, count.key_id, count.model,
+                        prompt_tokens=count.prompt_tokens, answer_tokens=count.answer_tokens))

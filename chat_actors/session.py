@@ -24,6 +24,7 @@ import trio
 from chat_actors import chat_metrics, frames
 from chat_actors.actor import Actor, Request
 from chat_actors.budget import Budget, build_prompt, check_message, trim_history
+from chat_actors.chat_limits import AnswerCount
 from chat_actors.moves import MoveSignal
 from chat_actors.outbox import Outbox
 from chat_actors.session_deps import SessionDeps
@@ -733,15 +734,12 @@ class SessionActor(Actor[SessionMsg]):
         """An answer ended (``tokens``: its text's, None when no text came): its slot among
         the user's answers at once goes back, its token reservation is settled to what it
         spent (its prompt and text; nothing without text), and its usage counted."""
-        limits = self.deps.limits
-        await limits.end_answer(self.key.user_id, slot_id)
         spent = usage.prompt_tokens + tokens if tokens is not None else 0
-        if usage.budget_day:
-            await limits.settle_tokens(self.key.user_id, usage.budget_day, spent - usage.reserved)
-        await limits.record_usage(self.key.user_id, usage.key_id,
-                                  usage.model or self.profile.model,
-                                  prompt_tokens=usage.prompt_tokens if tokens is not None else 0,
-                                  answer_tokens=tokens or 0)
+        await self.deps.limits.finish_answer(
+            self.key.user_id, slot_id, day=usage.budget_day, settle=spent - usage.reserved,
+            count=AnswerCount(usage.key_id, usage.model or self.profile.model,
+                              prompt_tokens=usage.prompt_tokens if tokens is not None else 0,
+                              answer_tokens=tokens or 0))
 
     async def _store_answer(self, text: str, tokens: int, replaces: Sequence[StoredMessage],
                             *, partial: bool) -> None:
