@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal, NamedTuple, Protocol
 
 from core.errors import SessionMoved
@@ -136,6 +137,12 @@ class AnswerInProgress:
     replaces: list[int]  # ids of the answers it replaces once stored (/retry)
     text: str
     usage: AnswerUsage = field(default_factory=AnswerUsage)
+
+    @cached_property
+    def fixed_json(self) -> tuple[str, str]:
+        """``replaces`` and ``usage`` as the mirror stores them (made once per answer: every
+        mirror write sends them)."""
+        return json.dumps(self.replaces), json.dumps(asdict(self.usage))
 
 
 @dataclass(frozen=True)
@@ -273,8 +280,9 @@ class ContextStore:
         """Keep the answer in progress recoverable: a process that takes the session over
         after its owner died stores this text as a partial answer. ``more_text`` is what
         came since the last call for the same ``answer.gen`` (appended)."""
-        args = [*_fence_args(fence), self._ttl, answer.gen, answer.answering,
-                json.dumps(answer.replaces), more_text, json.dumps(asdict(answer.usage))]
+        replaces, usage = answer.fixed_json
+        args = [*_fence_args(fence), self._ttl, answer.gen, answer.answering, replaces,
+                more_text, usage]
         _fenced(await self._redis.eval(_MIRROR, self.keys(user_id, room), args))
 
     async def drop_answer(self, user_id: int, room: str, fence: Fence | None) -> None:
